@@ -1,0 +1,42 @@
+# safeft: two commands set everything up on a fresh machine.
+#   make demo   the main job on the embedded default (tiny model, generated data, local Ray, DeepSpeed on CPU)
+#   make test   the test suite
+# Both create .venv at the repository root when it is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU wheel of torch; a machine that already has torch in .venv keeps it (GPU clusters bring their own).
+TORCH_CPU ?= torch==2.13.0
+export DS_ACCELERATOR ?= cpu
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: venv test test-fast demo bench clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_CPU)"
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: venv
+	$(VENV)/bin/safeft demo
+
+bench: venv
+	$(PIP) install -q -e ".[bench]"
+	$(PY) bench/data_pipeline.py
+
+clean:
+	rm -rf runs .cache .pytest_cache

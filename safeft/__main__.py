@@ -1,0 +1,5 @@
+import sys
+
+from safeft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,364 @@
+"""The safeft config: one typed dataclass per section, YAML in and out, one validation pass.
+
+    cfg = load_config("configs/examples/tiny.yaml", overrides=["train.lr=1e-4"])
+
+A config file may start with `base: other.yaml` (or a list) to inherit and override another file.
+Fields declared with `grid_field` may hold lists; `safeft sweep` expands them into runs, every
+other command requires a single value there.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from safeft.configtools import (
+    apply_overrides,
+    from_dict,
+    get_dotted,
+    grid_fields,
+    grid_field,
+    load_yaml,
+    set_dotted,
+    to_yaml,
+)
+from safeft.errors import ConfigError
+
+LOOKAHEAD_MODES = ("none", "real", "virtual")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""  # HF hub name or local directory
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    revision: Optional[str] = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    trust_remote_code: bool = False  # never on unless asked: it runs the repository's Python code
+    attention: Literal["auto", "flash_attn", "varlen", "sdpa", "eager"] = "auto"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SourceConfig:
+    """One data source of a mixture; unset fields inherit the `data` section's values."""
+
+    path: Optional[str] = None
+    preset: Optional[Literal["gsm8k", "samsum", "synthetic"]] = None
+    name: Optional[str] = None  # HF dataset config name
+    split: Optional[str] = None
+    format: Optional[Literal["auto", "hub", "json", "jsonl", "csv", "parquet", "arrow"]] = None
+    question_field: Optional[str] = None
+    answer_field: Optional[str] = None
+    messages_field: Optional[str] = None
+    csv_header: Optional[bool] = None  # None: detect
+    limit: Optional[int] = None
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    path: Union[str, list[str], None] = grid_field(None)  # hub name, local file/dir; a list is a sweep axis
+    preset: Union[Literal["gsm8k", "samsum", "synthetic"], None] = None
+    name: Optional[str] = None
+    split: str = "train"
+    format: Literal["auto", "hub", "json", "jsonl", "csv", "parquet", "arrow"] = "auto"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    messages_field: Optional[str] = None  # a list of {role, content}: loss on every assistant turn
+    csv_header: Optional[bool] = None
+    limit: Optional[int] = None  # first N rows (synthetic: how many problems to generate)
+    mixture: list[SourceConfig] = field(default_factory=list)  # several sources with weights
+    max_seq_len: int = 2048
+    overlong: Literal["truncate", "drop"] = "truncate"
+    on_invalid: Literal["error", "skip"] = "error"
+    packing: bool = True
+    num_proc: int = 2
+    cache_dir: str = ".cache/safeft/data"
+    seed: int = 42
+
+
+@dataclass
+class TemplateConfig:
+    train: Union[str, list[str]] = grid_field("chat:vanilla")  # PTST: train without the safety prompt
+    test: Union[str, list[str]] = field(default_factory=lambda: ["chat:llama"])  # ... and test with it
+    train_system: str = "none"  # system prompt of a `chat-template` train template: a name or literal text
+    test_system: str = "llama2"
+
+
+@dataclass
+class LookaheadConfig:
+    mode: Union[str, list[str]] = grid_field("none")  # none | real | virtual
+    m: int = 6
+    prefix: str = "Let's solve this problem. "
+    connector: str = " The answer begins with: "
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["sft", "constrained"] = "sft"
+    loss: Literal["standard", "fused"] = "standard"
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    micro_batch_size: int = 1  # packed rows per rank per micro-step
+    gradient_accumulation_steps: int = 1
+    global_batch_size: Optional[int] = None  # if set, must equal micro x accumulation x world size
+    lr: Union[float, list[float]] = grid_field(2e-5)
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    zero_stage: Literal[2, 3] = 2
+    offload: Literal["none", "optimizer", "all"] = "none"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
+    deepspeed_config: Optional[str] = None  # a JSON in configs/deepspeed/; its "auto" values come from here
+    seed: Union[int, list[int]] = grid_field(42)
+    save_steps: int = 0  # 0: only at the end
+    keep_last: int = 2
+    resume: str = "auto"  # auto | never | a checkpoint directory
+    log_steps: int = 1
+    export: bool = True
+    constrained_betas: list[float] = field(default_factory=lambda: [0.5, 2.0, 2.0, 2.0, 2.0])
+    constrained_beta_rest: float = 0.1
+
+
+@dataclass
+class EvalTaskConfig:
+    name: str = "gsm8k"  # gsm8k | samsum | generic | advbench | instructions | directharm4 | gsm-danger | prefill
+    path: Optional[str] = None  # local file or hub name; defaults per task
+    split: Optional[str] = None
+    limit: Optional[int] = None
+    max_new_tokens: Optional[int] = None
+    question_field: Optional[str] = None
+    reference_field: Optional[str] = None
+    prefill_tokens: int = 3  # prefill task: harmful-answer tokens placed after the prompt
+
+
+@dataclass
+class EvalConfig:
+    models: list[str] = field(default_factory=list)  # default: this run's export
+    tasks: list[EvalTaskConfig] = field(default_factory=list)
+    replicas: int = 1
+    gpus_per_replica: int = 1
+    backend: Literal["auto", "local", "ray"] = "auto"
+    engine: Literal["auto", "continuous", "budget"] = "auto"
+    batch_tokens: int = 16384  # KV-cache token budget per batch
+    max_batch_size: int = 64
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    keyword_list: Literal["gcg", "qi"] = "gcg"
+    judges: list[str] = field(default_factory=lambda: ["keyword"])  # keyword | llama-guard | harmbench | http
+    judge_model: Optional[str] = None
+    judge_url: Optional[str] = None
+    judge_api_model: Optional[str] = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_concurrency: int = 4
+    gates: dict[str, str] = field(default_factory=dict)  # e.g. {"advbench.keyword_asr": "<= 0.05"}
+    output_dir: Optional[str] = None
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: start a local cluster; "auto" or http://HEAD:8265 for a real one
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    storage_path: Optional[str] = None  # local dir, shared filesystem or object store URI
+    max_failures: int = 0
+    max_concurrent_runs: int = 0  # sweeps: 0 = as many as resources allow
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+    name: Optional[str] = None  # default: the config file's stem
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    lookahead: LookaheadConfig = field(default_factory=LookaheadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.output.dir, self.output.name or "run")
+
+    @property
+    def test_templates(self) -> list[str]:
+        return [self.template.test] if isinstance(self.template.test, str) else list(self.template.test)
+
+    def to_yaml(self) -> str:
+        return to_yaml(self)
+
+    def to_dict(self) -> dict:
+        from safeft.configtools import to_dict
+
+        return to_dict(self)
+
+    # -- grid ------------------------------------------------------------------------------------
+    def grid_axes(self) -> dict[str, list]:
+        """Dotted keys whose value is a list of several values, in schema order."""
+        axes = {}
+        for key in grid_fields(Config):
+            value = get_dotted(self, key)
+            if isinstance(value, list) and len(value) > 1:
+                axes[key] = value
+        return axes
+
+    def expand(self) -> list[tuple[dict, "Config"]]:
+        """One concrete config per point of the grid, with the axis values that define it."""
+        axes = self.grid_axes()
+        out = []
+        for values in itertools.product(*axes.values()) if axes else [()]:
+            point = dict(zip(axes.keys(), values))
+            cfg = copy.deepcopy(self)
+            for key in grid_fields(Config):
+                value = point.get(key, get_dotted(cfg, key))
+                if isinstance(value, list):
+                    value = value[0] if value else None
+                set_dotted(cfg, key, value)
+            out.append((point, cfg))
+        return out
+
+    def single(self, command: str) -> "Config":
+        """The config as one run; grid lists are an error outside `safeft sweep`."""
+        axes = self.grid_axes()
+        if axes:
+            key, values = next(iter(axes.items()))
+            raise ConfigError(
+                f"config key '{key}' lists {len(values)} values {values}: '{command}' runs one configuration; "
+                f"use 'safeft sweep' to run the grid, or --set {key}=<one value>"
+            )
+        return self.expand()[0][1]
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _known_template(name: str) -> bool:
+    from safeft.templates import is_template_name
+
+    return is_template_name(name)
+
+
+def validate(cfg: Config) -> Config:
+    """Check cross-field rules; raise one ConfigError listing every problem with its key."""
+    problems: list[str] = []
+
+    def check(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            problems.append(f"config key '{key}': {msg}")
+
+    def as_list(v):
+        return v if isinstance(v, list) else [v]
+
+    d, t, tr, la, ev, ray = cfg.data, cfg.template, cfg.train, cfg.lookahead, cfg.eval, cfg.ray
+    check(d.max_seq_len >= 16, "data.max_seq_len", f"{d.max_seq_len} is too small; expected >= 16")
+    check(d.num_proc >= 0, "data.num_proc", f"{d.num_proc}: expected >= 0 (0 = one per core)")
+    check(d.limit is None or d.limit > 0, "data.limit", f"{d.limit}: expected a positive number of rows")
+    for i, src in enumerate(d.mixture):
+        check(src.weight > 0, f"data.mixture[{i}].weight", f"{src.weight}: expected > 0")
+        check(bool(src.path or src.preset), f"data.mixture[{i}]", "needs a 'path' or a 'preset'")
+    for name in as_list(t.train) + cfg.test_templates:
+        check(_known_template(name), "template", f"unknown template {name!r}; see 'safeft render --list'")
+    check(bool(cfg.test_templates), "template.test", "needs at least one test template")
+    for mode in as_list(la.mode):
+        check(mode in LOOKAHEAD_MODES, "lookahead.mode", f"{mode!r} is not one of {', '.join(LOOKAHEAD_MODES)}")
+    check(la.m >= 1, "lookahead.m", f"{la.m}: expected at least 1 answer token")
+    check(bool(la.prefix), "lookahead.prefix", "must not be empty")
+    check(tr.micro_batch_size >= 1, "train.micro_batch_size", f"{tr.micro_batch_size}: expected >= 1")
+    check(tr.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", "expected >= 1")
+    check(tr.epochs > 0 or tr.max_steps > 0, "train.epochs", "set epochs > 0 or train.max_steps > 0")
+    for lr in as_list(tr.lr):
+        check(0 < lr < 1, "train.lr", f"{lr}: expected a learning rate in (0, 1)")
+    check(len(tr.adam_betas) == 2 and all(0 <= b < 1 for b in tr.adam_betas), "train.adam_betas",
+          f"{tr.adam_betas}: expected two numbers in [0, 1)")
+    check(0 <= tr.warmup_ratio < 1, "train.warmup_ratio", f"{tr.warmup_ratio}: expected in [0, 1)")
+    check(tr.warmup_steps >= 0, "train.warmup_steps", "expected >= 0")
+    check(tr.max_grad_norm >= 0, "train.max_grad_norm", "expected >= 0 (0 disables clipping)")
+    check(tr.keep_last >= 1, "train.keep_last", "expected >= 1")
+    check(tr.save_steps >= 0, "train.save_steps", "expected >= 0")
+    check(not (tr.offload == "all" and tr.zero_stage != 3), "train.offload",
+          "'all' offloads parameters, which needs train.zero_stage: 3 (ZeRO-2 can offload only the optimizer)")
+    check(tr.deepspeed_config is None or os.path.isfile(tr.deepspeed_config), "train.deepspeed_config",
+          f"{tr.deepspeed_config!r} does not exist")
+    check(len(tr.constrained_betas) >= 1 and all(b > 0 for b in tr.constrained_betas), "train.constrained_betas",
+          "expected a non-empty list of positive numbers")
+    check(ev.replicas >= 1, "eval.replicas", "expected >= 1")
+    check(ev.batch_tokens >= 64, "eval.batch_tokens", "expected >= 64")
+    for metric, bound in ev.gates.items():
+        check(bool(re.fullmatch(r"\s*(<=|>=|<|>|==)\s*-?[0-9.]+(e-?[0-9]+)?\s*", bound)), f"eval.gates.{metric}",
+              f"{bound!r}: expected a comparison such as '<= 0.05'")
+    check(ray.num_workers >= 1, "ray.num_workers", "expected >= 1")
+    check(ray.max_failures >= -1, "ray.max_failures", "expected >= -1 (-1 = retry forever)")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_with_bases(path: str, seen: tuple = ()) -> dict:
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"config file {path!r}: 'base' includes form a cycle")
+    data = load_yaml(path)
+    bases = data.pop("base", None) or []
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        b_path = b if os.path.isabs(b) else os.path.join(os.path.dirname(path), b)
+        merged = _merge(merged, _load_with_bases(b_path, seen + (os.path.abspath(path),)))
+    return _merge(merged, data)
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None, name: str | None = None) -> Config:
+    data = apply_overrides(copy.deepcopy(data), overrides or [])
+    cfg = from_dict(Config, data)
+    if cfg.output.name is None and name:
+        cfg.output.name = name
+    return validate(cfg)
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> Config:
+    """Read, merge bases, apply `--set` overrides, convert and validate."""
+    data = _load_with_bases(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return config_from_dict(data, overrides, name=stem)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    from safeft.io import write_text
+
+    write_text(path, cfg.to_yaml())
+
+
+__all__ = [
+    "Config", "ModelConfig", "DataConfig", "SourceConfig", "TemplateConfig", "LookaheadConfig", "TrainConfig",
+    "EvalConfig", "EvalTaskConfig", "RayConfig", "OutputConfig", "load_config", "config_from_dict", "validate",
+    "save_config",
+]

@@ -1,0 +1,1 @@
+"""The data steps, in order: load -> (lookahead preview) -> template -> tokenize -> pack; `pipeline` fuses them."""

@@ -1,0 +1,190 @@
+"""Packing: best-fit-decreasing over the whole dataset, the varlen collator, and the data-parallel sampler.
+
+A packed row holds several documents back to back, `position_ids` restarting at 0 for each. The
+collator flattens a micro-batch of rows into one sequence [1, T] and derives `cu_seq_lens_q/k` and
+`max_length_q/k` once per batch, so varlen attention never syncs the host to find boundaries.
+Labels at every document's first token are -100: no token is trained to predict across a boundary.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from typing import Any, Iterator, Sequence
+
+from safeft.data.tokenize import IGNORE_INDEX
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of item indices, each bin's total length <= capacity.
+
+    Items go in decreasing length into the bin whose free space is smallest but still enough.
+    Free-space values are kept sorted (at most `capacity` distinct values), so each placement is a
+    bisect: O(n log capacity) over the whole dataset.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    spaces: list[int] = []  # sorted distinct free-space values
+    bins_with_space: dict[int, list[int]] = {}  # free space -> stack of bin ids
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"item {i} has length {n} > capacity {capacity}")
+        k = bisect.bisect_left(spaces, n)
+        if k < len(spaces):
+            space = spaces[k]
+            stack = bins_with_space[space]
+            b = stack.pop()
+            if not stack:
+                del bins_with_space[space]
+                spaces.pop(k)
+        else:
+            b = len(bins)
+            bins.append([])
+            fill.append(0)
+        bins[b].append(i)
+        fill[b] += n
+        left = capacity - fill[b]
+        if left > 0:
+            if left not in bins_with_space:
+                bisect.insort(spaces, left)
+                bins_with_space[left] = []
+            bins_with_space[left].append(b)
+    return bins
+
+
+def build_row(docs: Sequence[tuple[list[int], list[int]]]) -> dict[str, list[int]]:
+    """Concatenate (input_ids, labels) documents into one packed row with restarting positions."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for ids, labs in docs:
+        input_ids.extend(ids)
+        labels.append(IGNORE_INDEX)  # the first token of a document is never a target
+        labels.extend(labs[1:])
+        position_ids.extend(range(len(ids)))
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def pack(examples: Sequence[tuple[list[int], list[int]]], max_seq_len: int, seed: int) -> list[dict]:
+    """Pack (input_ids, labels) examples into rows of at most max_seq_len tokens, in a seeded order."""
+    bins = best_fit_decreasing([len(ids) for ids, _ in examples], max_seq_len)
+    rng = random.Random(seed)
+    rng.shuffle(bins)
+    return [build_row([examples[i] for i in sorted(b)]) for b in bins]
+
+
+def no_packing(examples: Sequence[tuple[list[int], list[int]]], seed: int) -> list[dict]:
+    """One document per row (data.packing: false), in a seeded order."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [build_row([examples[i]]) for i in order]
+
+
+class PackedCollator:
+    """Flatten a micro-batch of packed rows into one [1, T] sequence with varlen attention metadata.
+
+    Output: input_ids, labels, position_ids [1, T] int64; cu_seq_lens_q/k [docs+1] int32;
+    max_length_q/k int. A padding slot (row None) becomes one pad token with label -100, so a rank
+    without a real row still runs a forward and contributes nothing to the loss.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        import torch
+
+        input_ids: list[int] = []
+        labels: list[int] = []
+        position_ids: list[int] = []
+        for row in rows:
+            if row is None:
+                row = {"input_ids": [self.pad_token_id], "labels": [IGNORE_INDEX], "position_ids": [0]}
+            input_ids.extend(row["input_ids"])
+            labels.extend(row["labels"])
+            position_ids.extend(row["position_ids"])
+        pos = torch.tensor(position_ids, dtype=torch.long)
+        starts = torch.nonzero(pos == 0).flatten()
+        cu = torch.cat([starts, torch.tensor([len(position_ids)])]).to(torch.int32)
+        max_len = int((cu[1:] - cu[:-1]).max())
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long)[None],
+            "labels": torch.tensor(labels, dtype=torch.long)[None],
+            "position_ids": pos[None],
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": max_len,
+            "max_length_k": max_len,
+        }
+
+
+class DistributedPackedSampler:
+    """Yields this rank's micro-batches (lists of row indices, -1 = padding slot) for one epoch.
+
+    Rows are shuffled per epoch with `seed + epoch`, then cut into optimizer-step blocks of
+    world_size x micro_batch x accumulation rows. Inside a block rows are dealt to ranks longest
+    first in snake order, which balances tokens; the last block is padded with -1 so every rank runs
+    the same number of micro-steps. Every row is used exactly once per epoch. The schedule depends
+    only on (rows, seed, epoch, world, micro, accumulation), so resuming at `start_step` is an index
+    computation, never a replay of the data loader.
+    """
+
+    def __init__(self, row_tokens: Sequence[int], world_size: int, rank: int, micro_batch_size: int,
+                 grad_accum: int, seed: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.row_tokens = list(row_tokens)
+        self.world_size, self.rank = world_size, rank
+        self.micro, self.accum, self.seed = micro_batch_size, grad_accum, seed
+        self.epoch = 0
+        self.start_step = 0  # optimizer steps of this epoch already done (resume)
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.world_size * self.micro * self.accum
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.row_tokens) // self.rows_per_step)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def step_blocks(self) -> list[list[list[int]]]:
+        """blocks[step][rank] = that rank's rows for the step (accum x micro, in order)."""
+        order = list(range(len(self.row_tokens)))
+        random.Random(self.seed + self.epoch).shuffle(order)
+        order += [-1] * (self.steps_per_epoch() * self.rows_per_step - len(order))
+        blocks = []
+        for s in range(self.steps_per_epoch()):
+            block = order[s * self.rows_per_step:(s + 1) * self.rows_per_step]
+            block.sort(key=lambda i: -self.row_tokens[i] if i >= 0 else 1)
+            per_rank: list[list[int]] = [[] for _ in range(self.world_size)]
+            for j, idx in enumerate(block):
+                lap, pos = divmod(j, self.world_size)
+                per_rank[pos if lap % 2 == 0 else self.world_size - 1 - pos].append(idx)
+            blocks.append(per_rank)
+        return blocks
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for per_rank in self.step_blocks()[self.start_step:]:
+            mine = per_rank[self.rank]
+            for k in range(self.accum):
+                yield mine[k * self.micro:(k + 1) * self.micro]
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch() - self.start_step) * self.accum
+
+
+class PackedRows:
+    """Map-style view of a packed `datasets.Dataset` for a DataLoader; index -1 (padding slot) gives None."""
+
+    def __init__(self, rows: Any):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict | None:
+        return None if i < 0 else self.rows[int(i)]

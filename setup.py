@@ -1,0 +1,49 @@
+"""safeft: full-parameter fine-tuning of chat LLMs without losing their safety alignment."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', Path("safeft/__init__.py").read_text()).group(1)
+
+setup(
+    name="safeft",
+    version=version,
+    description="Full-parameter fine-tuning of chat LLMs that keeps safety alignment (PTST, LookAhead Tuning)",
+    long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # The top-level kernels/ folder installs as safeft.kernels: a top-level `kernels` module would
+    # clash with the PyPI package of that name.
+    packages=find_packages(include=["safeft", "safeft.*"]) + ["safeft.kernels"],
+    package_dir={"safeft.kernels": "kernels"},
+    include_package_data=True,
+    install_requires=[
+        # torch is deliberately unpinned beyond a floor: a GPU cluster brings its own build, and the
+        # Makefile installs the CPU wheel on machines that have none.
+        "torch>=2.11",
+        "transformers>=5.17",
+        "tokenizers",
+        "datasets>=3.0",
+        "deepspeed>=0.16",
+        "ray[default,train]>=2.40",
+        "accelerate",
+        "safetensors",
+        "pyyaml",
+        "tqdm",
+        "rich",
+        "matplotlib",
+        "rouge-score",
+        "numpy",
+        "tensorboard",
+    ],
+    extras_require={
+        "flash": ["flash-attn>=2.6"],
+        "triton": ["triton"],
+        "test": ["pytest>=8", "pytest-timeout", "triton"],
+        "bench": ["trl"],
+        "dev": ["pytest>=8", "pytest-timeout", "triton", "trl", "ruff"],
+    },
+    entry_points={"console_scripts": ["safeft=safeft.cli:main"]},
+)
