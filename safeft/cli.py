@@ -16,6 +16,10 @@ from safeft.errors import SafeftError
 COMMAND_MODULES = [
     "safeft.commands.config",
     "safeft.commands.render",
+    "safeft.commands.eval",
+    "safeft.commands.data",
+    "safeft.commands.sweep",
+    "safeft.commands.train",
 ]
 
 

@@ -125,6 +125,7 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | a checkpoint directory
     log_steps: int = 1
     export: bool = True
+    export_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: the training dtype
     constrained_betas: list[float] = field(default_factory=lambda: [0.5, 2.0, 2.0, 2.0, 2.0])
     constrained_beta_rest: float = 0.1
 
@@ -179,6 +180,7 @@ class RayConfig:
     storage_path: Optional[str] = None  # local dir, shared filesystem or object store URI
     max_failures: int = 0
     max_concurrent_runs: int = 0  # sweeps: 0 = as many as resources allow
+    shared_filesystem: bool = True  # run_dir visible to every node: rank 0 alone uploads checkpoints to Ray
 
 
 @dataclass
@@ -280,8 +282,9 @@ def validate(cfg: Config) -> Config:
     for i, src in enumerate(d.mixture):
         check(src.weight > 0, f"data.mixture[{i}].weight", f"{src.weight}: expected > 0")
         check(bool(src.path or src.preset), f"data.mixture[{i}]", "needs a 'path' or a 'preset'")
-    for name in as_list(t.train) + cfg.test_templates:
-        check(_known_template(name), "template", f"unknown template {name!r}; see 'safeft render --list'")
+    for key, names in (("template.train", as_list(t.train)), ("template.test", cfg.test_templates)):
+        for name in names:
+            check(_known_template(name), key, f"unknown template {name!r}; see 'safeft render --list'")
     check(bool(cfg.test_templates), "template.test", "needs at least one test template")
     for mode in as_list(la.mode):
         check(mode in LOOKAHEAD_MODES, "lookahead.mode", f"{mode!r} is not one of {', '.join(LOOKAHEAD_MODES)}")
@@ -308,10 +311,13 @@ def validate(cfg: Config) -> Config:
     check(ev.replicas >= 1, "eval.replicas", "expected >= 1")
     check(ev.batch_tokens >= 64, "eval.batch_tokens", "expected >= 64")
     for metric, bound in ev.gates.items():
-        check(bool(re.fullmatch(r"\s*(<=|>=|<|>|==)\s*-?[0-9.]+(e-?[0-9]+)?\s*", bound)), f"eval.gates.{metric}",
+        check(bool(re.fullmatch(r"\s*(<=|>=|<|>|==)\s*-?(\d+\.?\d*|\.\d+)(e-?\d+)?\s*", bound)),
+              f"eval.gates.{metric}",
               f"{bound!r}: expected a comparison such as '<= 0.05'")
     check(ray.num_workers >= 1, "ray.num_workers", "expected >= 1")
     check(ray.max_failures >= -1, "ray.max_failures", "expected >= -1 (-1 = retry forever)")
+    check(ray.max_concurrent_runs >= 0, "ray.max_concurrent_runs", "expected >= 0 (0 = as many as fit)")
+    check(ray.cpus_per_worker > 0, "ray.cpus_per_worker", "expected > 0")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return cfg

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from safeft.errors import SafeftError
@@ -21,3 +22,120 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
         # Padding is only used by the evaluator's left-padded batches and the collator's padding slots.
         tok.pad_token = tok.eos_token if tok.unk_token is None else tok.unk_token
     return tok
+
+
+# --- models for training --------------------------------------------------------------------------
+
+TINY_PREFIX = "tiny:"
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(name_or_path: str, is_main: bool = True, barrier=None) -> str:
+    """`tiny:DIR` builds a tiny random Llama at DIR (rank 0 first, then the others); anything else as is."""
+    if not name_or_path.startswith(TINY_PREFIX):
+        return name_or_path
+    path = name_or_path[len(TINY_PREFIX):] or "runs/tiny-model"
+    if is_main:
+        from safeft.tiny import build_tiny_model_dir
+
+        build_tiny_model_dir(path)
+    if barrier is not None:
+        barrier()
+    return path
+
+
+def select_attention(requested: str, device_type: str) -> str:
+    """The attention for packed rows: flash-attn varlen, PyTorch varlen, or SDPA with the packed mask."""
+    import importlib.util
+
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        if device_type == "cuda" and has_flash:
+            return "flash_attention_2"
+        if device_type == "cuda" and _torch_varlen() is not None:
+            return register_varlen_attention()
+        return "sdpa"
+    if requested == "flash_attn":
+        if not has_flash or device_type != "cuda":
+            raise SafeftError("model.attention: flash_attn needs the flash-attn package and a CUDA device; use auto")
+        return "flash_attention_2"
+    if requested == "varlen":
+        if _torch_varlen() is None or device_type != "cuda":
+            raise SafeftError("model.attention: varlen needs torch.nn.attention.varlen and a CUDA device; use auto")
+        return register_varlen_attention()
+    return requested  # sdpa | eager
+
+
+def uses_varlen_kwargs(attn_implementation: str) -> bool:
+    """Whether the collator's cu_seq_lens/max_length kwargs go to the model (else position_ids mark documents)."""
+    return attn_implementation in ("flash_attention_2", VARLEN_ATTENTION)
+
+
+VARLEN_ATTENTION = "safeft_torch_varlen"
+
+
+def _torch_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def register_varlen_attention() -> str:
+    """Register PyTorch's FA2-based varlen attention with transformers' AttentionInterface; return its name."""
+    import inspect
+
+    from transformers import AttentionInterface
+
+    varlen_attn = _torch_varlen()
+    params = inspect.signature(varlen_attn).parameters
+    # The causal flag moved between torch versions: `is_causal=True` earlier, `window_size=(-1, 0)` later.
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    gqa_native = "enable_gqa" in params
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+        # query [B=1, Hq, T, D], key/value [1, Hkv, T, D] -> varlen wants [T, H, D]
+        q, k, v = (x.squeeze(0).transpose(0, 1) for x in (query, key, value))
+        extra = dict(causal)
+        if gqa_native:
+            extra["enable_gqa"] = q.shape[1] != k.shape[1]
+        elif q.shape[1] != k.shape[1]:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = varlen_attn(q, k, v, kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"], int(kwargs["max_length_q"]),
+                          int(kwargs["max_length_k"]), scale=scaling, **extra)  # [T, Hq, D]
+        return out.unsqueeze(0), None  # [1, T, Hq, D]
+
+    AttentionInterface.register(VARLEN_ATTENTION, attention)
+    return VARLEN_ATTENTION
+
+
+def load_model(mcfg: Any, zero_stage: int, ds_config: dict | None = None, dtype: Any = None,
+               attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+    """AutoModelForCausalLM for training: use_cache off, chosen attention, optional gradient checkpointing.
+
+    Under ZeRO-3 an HfDeepSpeedConfig is alive during from_pretrained, so transformers builds the model
+    inside deepspeed.zero.Init and every rank holds only its shard. Returns (model, keepalive): keep the
+    second object referenced for the whole run (transformers holds it weakly).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    keepalive = None
+    if zero_stage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keepalive = HfDeepSpeedConfig(ds_config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            mcfg.name_or_path, revision=mcfg.revision, dtype=dtype or torch.float32,
+            trust_remote_code=mcfg.trust_remote_code, attn_implementation=attn_implementation, use_safetensors=None)
+    except (OSError, ValueError) as e:
+        raise SafeftError(f"config key 'model.name_or_path': cannot load {mcfg.name_or_path!r}: {e}") from None
+    model.config.use_cache = False
+    if mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    log.info("model %s: attention %s, dtype %s, ZeRO-%d", mcfg.name_or_path, attn_implementation,
+             dtype, zero_stage)
+    return model, keepalive

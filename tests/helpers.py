@@ -28,3 +28,56 @@ def cpu_env(**extra: str) -> dict:
     )
     env.update(extra)
     return env
+
+
+def torch_linear_ce(hidden, weight, labels, token_weights=None, reduction="sum", ignore_index=-100):
+    """Plain-torch fused_linear_cross_entropy semantics over the full fp32 logits (the test reference)."""
+    import torch.nn.functional as F
+
+    logits = hidden.float() @ weight.float().T  # [N, V]
+    per_token = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")  # [N]
+    if token_weights is not None:
+        per_token = per_token * token_weights.float()
+    if reduction == "none":
+        return per_token
+    total = per_token.sum()
+    return total / (labels != ignore_index).sum().clamp(min=1) if reduction == "mean" else total
+
+
+def sharp_tiny_model_dir(base_dir: str, out_dir: str, steps: int = 150) -> str:
+    """The tiny model trained briefly to answer refusals / '#### 4', so greedy argmax margins are large
+    and batching cannot flip a token (evaluator sharding and engine-agreement tests). Cached in out_dir."""
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safeft.data.synthetic import HARMFUL_INSTRUCTIONS, arithmetic_problems
+    from safeft.data.tokenize import encode_single_batch
+    from safeft.io import atomic_path
+    from safeft.templates import get_template
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    qs = [p["question"] for p in arithmetic_problems(24, seed=7)] + list(HARMFUL_INSTRUCTIONS[:24])
+    ans = ["The answer is 4.\n#### 4"] * 24 + ["I'm sorry, I cannot help with that."] * (len(qs) - 24)
+    rows = []
+    for name in ("chat:vanilla", "chat:llama"):
+        rows += encode_single_batch(get_template(name), tok, qs, ans)
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.tensor([r.input_ids + [tok.pad_token_id] * (width - len(r.input_ids)) for r in rows])  # [N, T]
+    labels = torch.tensor([r.labels + [-100] * (width - len(r.labels)) for r in rows])  # [N, T]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        pick = torch.randint(0, len(rows), (16,))
+        loss = model(input_ids=ids[pick], labels=labels[pick]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return out_dir

@@ -94,6 +94,19 @@ def encode_turns(template: PromptStyle | ChatTemplate, tokenizer: Any, turns: Tu
     return Encoded(ids, labels)
 
 
+def batch_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """`tokenizer(texts)["input_ids"]`, through the Rust tokenizer's offset-free batch call when it is safe.
+
+    A plain fast tokenizer (no truncation, padding or split_special_tokens) gives the same ids either way;
+    skipping offsets and BatchEncoding conversion makes the data pipeline's tokenisation ~1.5x faster.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    if fast is None or backend.truncation or backend.padding or getattr(tokenizer, "split_special_tokens", False):
+        return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    return [e.ids for e in fast(texts, add_special_tokens=add_special_tokens)]
+
+
 def encode_single_batch(
     template: PromptStyle | ChatTemplate, tokenizer: Any, questions: list[str], answers: list[str]
 ) -> list[Encoded]:
@@ -102,7 +115,7 @@ def encode_single_batch(
         return [encode_turns(template, tokenizer, [(q, a)]) for q, a in zip(questions, answers)]
     prompts = [template.prompt(q) for q in questions]
     fulls = [template.full(q, a) for q, a in zip(questions, answers)]
-    enc = tokenizer(prompts + fulls, add_special_tokens=True)["input_ids"]
+    enc = batch_ids(tokenizer, prompts + fulls, add_special_tokens=True)
     n = len(prompts)
     eos = tokenizer.eos_token_id
     out = []

@@ -1,0 +1,205 @@
+"""Fused linear cross-entropy vs full-logit torch cross-entropy: peak memory, time, correctness.
+
+  python bench/fused_ce.py                    # CPU: tokens 4096, hidden 512, vocab 32000, fp32, reference path
+  python bench/fused_ce.py --device cuda      # GPU: hidden 4096, vocab 32000/128256, tokens 4k-32k, bf16
+
+Baseline ("torch"): what an HF causal LM does, `logits = hidden @ weight.T`, upcast to fp32, then
+F.cross_entropy; Liger's LigerFusedLinearCrossEntropyLoss joins on CUDA when importable. Every number
+is forward + backward of the summed loss with gradients for hidden and weight.
+
+Memory on CPU: each variant runs in a fresh subprocess that creates its inputs, resets the kernel's
+peak-RSS mark (`echo 5 > /proc/self/clear_refs`), runs forward+backward once and reads VmHWM from
+/proc/self/status: peak = VmHWM - RSS just before the call. That counts everything the call touched
+(tensors, gradients, allocator slack, BLAS workspaces) and nothing from before; torch's CPU allocator
+caches nothing, so it is the real cost. Memory on CUDA: torch.cuda.max_memory_allocated() minus the
+allocation before the call (inputs excluded, gradients included). Times are medians (CPU: of --reps
+runs after one warm-up; CUDA: triton.testing.do_bench), reported as ratios to the baseline, no target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_SHAPE = dict(tokens=4096, hidden=512, vocab=32000)
+GPU_VOCABS = (32000, 128256)
+GPU_TOKENS = (4096, 8192, 16384, 32768)
+
+
+def make_inputs(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, device: str, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    h = torch.randn(tokens, hidden, generator=g).to(device, dtype).requires_grad_()  # [N, H]
+    w = (torch.randn(vocab, hidden, generator=g) / hidden ** 0.5).to(device, dtype).requires_grad_()  # [V, H]
+    labels = torch.randint(0, vocab, (tokens,), generator=g)
+    labels[::10] = -100  # prompt tokens
+    return h, w, labels.to(device)
+
+
+def torch_loss(h, w, labels):
+    logits = (h @ w.T).float()  # [N, V], as HF causal LMs upcast before the loss
+    return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+
+def fused_loss(impl: str):
+    from safeft.kernels import fused_linear_cross_entropy
+
+    return lambda h, w, labels: fused_linear_cross_entropy(h, w, labels, reduction="sum", impl=impl)
+
+
+def liger_loss():
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    module = LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="sum")
+    return lambda h, w, labels: module(w, h, labels)  # Liger's argument order: (lin_weight, _input, target)
+
+
+def fwd_bwd(fn, h, w, labels) -> float:
+    h.grad = w.grad = None
+    loss = fn(h, w, labels)
+    loss.backward()
+    return float(loss)
+
+
+# ---------------------------------------------------------------- CPU
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def cpu_child(variant: str, reps: int) -> dict:
+    """Run in a fresh process: peak RSS of one forward+backward, then the median time of `reps` more."""
+    h, w, labels = make_inputs(**CPU_SHAPE, dtype=torch.float32, device="cpu")
+    fn = torch_loss if variant == "torch" else fused_loss("reference")
+    before = _rss_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS mark to the current RSS
+        f.write("5")
+    loss = fwd_bwd(fn, h, w, labels)
+    peak_mb = (_rss_kb("VmHWM") - before) / 1024
+    grads = (h.grad.clone(), w.grad.clone())
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fwd_bwd(fn, h, w, labels)
+        times.append(time.perf_counter() - t0)
+    torch.save({"loss": loss, "grad_h": grads[0], "grad_w": grads[1]}, os.environ["FLCE_BENCH_GRADS"])
+    return {"variant": variant, "peak_mb": peak_mb, "median_s": statistics.median(times), "loss": loss}
+
+
+def run_cpu(args) -> dict:
+    results, grads = {}, {}
+    for variant in ("torch", "fused"):
+        path = os.path.join(args.tmp, f"flce_{variant}.pt")
+        env = dict(os.environ, FLCE_BENCH_GRADS=path, PYTHONPATH=REPO)
+        out = subprocess.run([sys.executable, __file__, "--child", variant, "--reps", str(args.reps)], env=env,
+                             capture_output=True, text=True, check=True)
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        grads[variant] = torch.load(path, weights_only=True)
+        os.remove(path)
+    t, f = results["torch"], results["fused"]
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    return {
+        "shape": CPU_SHAPE, "dtype": "float32", "threads": torch.get_num_threads(), "torch": t, "fused_reference": f,
+        "peak_ratio_fused_over_torch": f["peak_mb"] / t["peak_mb"], "time_ratio_fused_over_torch": f["median_s"] / t["median_s"],
+        "loss_rel_err": abs(f["loss"] - t["loss"]) / abs(t["loss"]),
+        "grad_hidden_rel_err": rel(grads["fused"]["grad_h"], grads["torch"]["grad_h"]),
+        "grad_weight_rel_err": rel(grads["fused"]["grad_w"], grads["torch"]["grad_w"]),
+    }
+
+
+# ---------------------------------------------------------------- CUDA
+
+
+def cuda_measure(fn, h, w, labels) -> dict:
+    from triton.testing import do_bench
+
+    torch.cuda.synchronize()
+    h.grad = w.grad = None
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss = fwd_bwd(fn, h, w, labels)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    grads = (h.grad.float(), w.grad.float())
+    h.grad = w.grad = None
+    ms = do_bench(lambda: fn(h, w, labels).backward(), grad_to_none=[h, w], return_mode="median")
+    return {"loss": loss, "peak_gb": peak / 2**30, "median_ms": ms, "grads": grads}
+
+
+def run_cuda(args) -> list[dict]:
+    variants = {"torch": torch_loss, "fused_triton": fused_loss("triton")}
+    liger = liger_loss()
+    if liger is not None:
+        variants["liger"] = liger
+    rows = []
+    for vocab in args.vocabs:
+        for tokens in args.tokens:
+            h, w, labels = make_inputs(tokens, 4096, vocab, torch.bfloat16, "cuda")
+            row = {"tokens": tokens, "hidden": 4096, "vocab": vocab, "dtype": "bfloat16"}
+            ref = None
+            for name, fn in variants.items():
+                try:
+                    m = cuda_measure(fn, h, w, labels)
+                except torch.OutOfMemoryError:
+                    row[name] = "OOM"
+                    torch.cuda.empty_cache()
+                    continue
+                grads = m.pop("grads")
+                if name == "torch":
+                    ref = (m["loss"], grads)
+                elif ref is not None:  # correctness vs torch on this shape
+                    m["loss_rel_err"] = abs(m["loss"] - ref[0]) / abs(ref[0])
+                    m["grad_hidden_rel_err"] = float((grads[0] - ref[1][0]).norm() / ref[1][0].norm())
+                    m["grad_weight_rel_err"] = float((grads[1] - ref[1][1]).norm() / ref[1][1].norm())
+                row[name] = m
+                del grads
+            ref = None
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            del h, w, labels
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--reps", type=int, default=3, help="CPU: timed runs per variant (median)")
+    p.add_argument("--tokens", type=int, nargs="+", default=list(GPU_TOKENS), help="CUDA: token counts")
+    p.add_argument("--vocabs", type=int, nargs="+", default=list(GPU_VOCABS), help="CUDA: vocabulary sizes")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--tmp", default="/tmp")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(cpu_child(args.child, args.reps)))
+        return
+    if args.device == "cuda":
+        result = {"device": torch.cuda.get_device_name(), "rows": run_cuda(args)}
+    else:
+        result = {"device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", **run_cpu(args)}
+        print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(args.out + ".tmp", args.out)
+
+
+if __name__ == "__main__":
+    main()

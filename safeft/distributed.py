@@ -1,0 +1,242 @@
+"""Distributed environment and the DeepSpeed config: the only module that knows about process groups.
+
+    env = dist_env()                      # RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, 1 process if unset
+    check_train_config(cfg, env.world_size)   # launchers call this before spawning anything
+    ds = build_ds_config(cfg, env.world_size)
+
+A DeepSpeed JSON (train.deepspeed_config) is read as a base: its "auto" values are filled from the typed
+config, and values the typed config also decides (batch sizes, ZeRO stage, offload) must agree with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from safeft.errors import ConfigError
+
+# bf16 dense peak FLOP/s per device, for MFU; matched by substring of the device name.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12}
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dist_env() -> DistEnv:
+    """Read the torch.distributed environment variables; a lone process gets a free localhost port."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    port = env.get("MASTER_PORT")
+    return DistEnv(
+        rank=int(env.get("RANK", "0")),
+        world_size=world,
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=int(port) if port else (_free_port() if world == 1 else 29500),
+    )
+
+
+def device_type() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()  # "cuda" or "cpu"
+
+
+def init(env: DistEnv) -> Any:
+    """Export the env (DeepSpeed reads it), join the process group once, return this rank's device."""
+    import deepspeed
+    import torch
+
+    os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
+                      MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
+    kind = device_type()
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if kind == "cuda" else "gloo", verbose=False)
+    if kind == "cuda":
+        torch.cuda.set_device(env.local_rank)
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t):
+    """Sum a tensor over all ranks in place (no-op without a process group); returns it."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    if device_type() == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return True  # CPU autocast/DeepSpeed support bf16, just slowly
+
+
+def peak_flops() -> Optional[float]:
+    """bf16 dense peak of this device, None when unknown (CPU)."""
+    import torch
+
+    if device_type() != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def use_bf16(cfg, supported: Optional[bool] = None) -> bool:
+    """precision auto: bf16 on GPUs that have it, fp32 on CPU (exact, reproducible tests)."""
+    p = cfg.train.precision
+    if p == "auto":
+        return device_type() == "cuda" and (bf16_supported() if supported is None else supported)
+    return p == "bf16"
+
+
+# --- DeepSpeed config ---------------------------------------------------------------------------
+
+
+def _typed_ds_config(cfg, world_size: int, bf16: bool, cpu: bool) -> dict:
+    tr = cfg.train
+    offload_opt = tr.offload in ("optimizer", "all")
+    zero: dict[str, Any] = {"stage": tr.zero_stage, "overlap_comm": not cpu, "contiguous_gradients": True}
+    if offload_opt:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": not cpu}
+    if tr.offload == "all":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": not cpu}
+    if tr.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    opt_params: dict[str, Any] = {"lr": _first(tr.lr), "betas": list(tr.adam_betas), "eps": tr.adam_eps,
+                                  "weight_decay": tr.weight_decay}
+    if cpu and not offload_opt:
+        opt_params["torch_adam"] = True  # FusedAdam is CUDA-only
+    return {
+        "train_micro_batch_size_per_gpu": tr.micro_batch_size,
+        "gradient_accumulation_steps": tr.gradient_accumulation_steps,
+        "train_batch_size": tr.micro_batch_size * tr.gradient_accumulation_steps * world_size,
+        "gradient_clipping": tr.max_grad_norm,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": zero,
+        "optimizer": {"type": "AdamW", "params": opt_params},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _first(v):
+    return v[0] if isinstance(v, list) else v
+
+
+def _fill_auto(base: Any, typed: Any) -> Any:
+    """The JSON with every "auto" replaced by the typed value at the same key; typed keys it lacks are added.
+
+    An "auto" the typed config has no value for is dropped, leaving DeepSpeed's default.
+    """
+    if isinstance(base, dict):
+        sub = typed if isinstance(typed, dict) else {}
+        out = {k: _fill_auto(v, sub.get(k)) for k, v in base.items() if not (v == "auto" and sub.get(k) is None)}
+        out.update({k: copy.deepcopy(v) for k, v in sub.items() if k not in base})
+        return out
+    return copy.deepcopy(typed) if base == "auto" else base
+
+
+def read_ds_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"config key 'train.deepspeed_config': cannot read {path!r}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def build_ds_config(cfg, world_size: int, bf16: Optional[bool] = None, cpu: Optional[bool] = None) -> dict:
+    """The DeepSpeed config for this run (typed config, or the JSON with its "auto" values resolved)."""
+    cpu = device_type() == "cpu" if cpu is None else cpu
+    bf16 = use_bf16(cfg) if bf16 is None else bf16
+    typed = _typed_ds_config(cfg, world_size, bf16, cpu)
+    if not cfg.train.deepspeed_config:
+        return typed
+    path = cfg.train.deepspeed_config
+    merged = _fill_auto(read_ds_json(path), typed)
+    _check_json_agrees(path, merged, typed)
+    return merged
+
+
+def _check_json_agrees(path: str, merged: dict, typed: dict) -> None:
+    problems = []
+    pairs = {
+        "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+        "gradient_accumulation_steps": "train.gradient_accumulation_steps",
+        "train_batch_size": "train.micro_batch_size x gradient_accumulation_steps x world size",
+    }
+    for key, ours in pairs.items():
+        if merged.get(key) != typed[key]:
+            problems.append(f"{key}={merged.get(key)} but {ours} gives {typed[key]}")
+    stage = merged.get("zero_optimization", {}).get("stage")
+    if stage != typed["zero_optimization"]["stage"]:
+        problems.append(f"zero_optimization.stage={stage} but train.zero_stage={typed['zero_optimization']['stage']}")
+    zero = merged.get("zero_optimization", {})
+    for section, want in (("offload_optimizer", "offload_optimizer" in typed["zero_optimization"]),
+                          ("offload_param", "offload_param" in typed["zero_optimization"])):
+        has = zero.get(section, {}).get("device", "none") not in ("none", None)
+        if has != want:
+            problems.append(f"zero_optimization.{section} {'is set' if has else 'is not set'} but train.offload "
+                            f"asks {'for' if want else 'against'} it")
+    if "scheduler" in merged:
+        problems.append("has a 'scheduler' section: the schedule comes from train.scheduler/warmup_*; remove it")
+    if problems:
+        raise ConfigError(f"{path}: contradicts the safeft config:\n  " + "\n  ".join(problems))
+
+
+def check_train_config(cfg, world_size: int, has_bf16: Optional[bool] = None) -> dict:
+    """Reject contradictions before any worker starts; return the DeepSpeed config they would use."""
+    tr = cfg.train
+    problems = []
+    if world_size < 1:
+        problems.append(f"world size {world_size}: expected at least 1 process")
+    if tr.global_batch_size is not None:
+        got = tr.micro_batch_size * tr.gradient_accumulation_steps * world_size
+        if got != tr.global_batch_size:
+            problems.append(
+                f"config key 'train.global_batch_size': {tr.global_batch_size} != micro_batch_size "
+                f"{tr.micro_batch_size} x gradient_accumulation_steps {tr.gradient_accumulation_steps} x "
+                f"{world_size} processes = {got}")
+    if tr.offload == "all" and tr.zero_stage != 3:
+        problems.append("config key 'train.offload': 'all' offloads parameters, which needs train.zero_stage: 3")
+    supported = has_bf16 if has_bf16 is not None else bf16_supported()
+    if tr.precision == "bf16" and not supported:
+        problems.append("config key 'train.precision': bf16 requested but this device has no bf16; use auto or fp32")
+    if problems:
+        raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
+    return build_ds_config(cfg, world_size, bf16=use_bf16(cfg, supported))

@@ -1,0 +1,219 @@
+"""Generation engines without vLLM: transformers' continuous batching, or a token-budget batcher.
+
+Both take prompts as token ids (rendered by the test template through `encode_prompt`) and return,
+per prompt, the generated token ids (cut at EOS) and the text (cut at the first stop string).
+
+budget: sort by prompt length (longest first), fill a batch while (longest prompt + max_new) x batch
+        stays within `eval.batch_tokens` KV-cache tokens, left-pad, `model.generate`.
+continuous: `model.generate_batch` (paged KV cache, requests join and leave the running batch).
+auto: continuous on CUDA when the model has `generate_batch`, else budget (on CPU the continuous
+      manager's per-step overhead outweighs its gain for small models).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenSettings:
+    engine: str = "auto"
+    batch_tokens: int = 16384
+    max_batch_size: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    device: str = "auto"  # auto | cpu | cuda
+    gpus: int = 1
+    trust_remote_code: bool = False
+
+    @classmethod
+    def from_config(cls, ev: Any, trust_remote_code: bool = False) -> "GenSettings":
+        return cls(ev.engine, ev.batch_tokens, ev.max_batch_size, ev.do_sample, ev.temperature, ev.top_p,
+                   ev.seed, list(ev.stop), "auto", ev.gpus_per_replica, trust_remote_code)
+
+    def public(self) -> dict:
+        """The settings that change outputs (recorded as provenance and in shard fingerprints)."""
+        return {"do_sample": self.do_sample, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed, "stop": self.stop}
+
+
+def budget_batches(lengths: list[int], max_new: int, batch_tokens: int, max_batch: int) -> list[list[int]]:
+    """Positions into `lengths`, longest first, grouped so (longest + max_new) x size <= batch_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            cur = batches[-1]
+            width = lengths[cur[0]] + max_new  # the batch's longest prompt comes first
+            if len(cur) < max_batch and width * (len(cur) + 1) <= batch_tokens:
+                cur.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
+def truncate_at_stop(text: str, stop: list[str]) -> str:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+class Engine:
+    """One model replica: loads the model once, then runs generate or next-token jobs on prompt ids."""
+
+    def __init__(self, model_path: str, settings: GenSettings):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from safeft.model import load_tokenizer
+
+        self.settings = settings
+        cuda = torch.cuda.is_available() and settings.device in ("auto", "cuda")
+        self.device = torch.device("cuda" if cuda else "cpu")
+        dtype = torch.bfloat16 if cuda else torch.float32
+        kwargs: dict = {"dtype": dtype, "trust_remote_code": settings.trust_remote_code}
+        if cuda and settings.gpus > 1:
+            kwargs["device_map"] = "auto"  # one replica spanning the GPUs Ray (or the user) gave it
+        self.tokenizer = load_tokenizer(model_path, settings.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
+        if "device_map" not in kwargs:
+            self.model.to(self.device)
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
+        self.engine = self._pick_engine(settings.engine)
+
+    def _pick_engine(self, wanted: str) -> str:
+        has_cb = callable(getattr(self.model, "generate_batch", None))
+        if wanted == "continuous" and not has_cb:
+            from safeft.errors import ConfigError
+
+            raise ConfigError("config key 'eval.engine': 'continuous' needs transformers with model.generate_batch; "
+                              "use 'budget' or 'auto'")
+        if wanted == "auto":
+            return "continuous" if has_cb and self.device.type == "cuda" else "budget"
+        return wanted
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], max_new: int,
+                 on_batch: Optional[Callable[[list[int], list[dict]], None]] = None) -> list[dict]:
+        """Outputs in prompt order: {"tokens": [...], "completion": str}. `on_batch(positions, outputs)`
+        runs after every finished batch (the shard writer)."""
+        import torch
+
+        if self.settings.do_sample:
+            torch.manual_seed(self.settings.seed)
+        if self.engine == "continuous":
+            return self._generate_continuous(prompts, max_new, on_batch)
+        out: list[Optional[dict]] = [None] * len(prompts)
+        s = self.settings
+        for batch in budget_batches([len(p) for p in prompts], max_new, s.batch_tokens, s.max_batch_size):
+            results = self._generate_padded([prompts[i] for i in batch], max_new)
+            for i, r in zip(batch, results):
+                out[i] = r
+            if on_batch:
+                on_batch(batch, results)
+        return out  # type: ignore[return-value]
+
+    def _generate_padded(self, prompts: list[list[int]], max_new: int) -> list[dict]:
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)  # [B, L] left-padded
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, L]
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        s = self.settings
+        kwargs: dict = {"max_new_tokens": max_new, "do_sample": s.do_sample, "eos_token_id": self.eos,
+                        "pad_token_id": self.pad}
+        if s.do_sample:
+            kwargs.update(temperature=s.temperature, top_p=s.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if s.stop:
+            kwargs.update(stop_strings=s.stop, tokenizer=self.tokenizer)
+        with torch.no_grad():
+            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        return [self._finish(row[width:].tolist()) for row in gen.cpu()]  # gen: [B, L + new]
+
+    def _generate_continuous(self, prompts, max_new, on_batch) -> list[dict]:
+        from transformers import GenerationConfig
+
+        s = self.settings
+        gc = GenerationConfig(max_new_tokens=max_new, do_sample=s.do_sample, eos_token_id=self.eos,
+                              pad_token_id=self.pad, **({"temperature": s.temperature, "top_p": s.top_p}
+                                                        if s.do_sample else {}))
+        out: list[dict] = []
+        # Chunks bound the work lost to a crash: each chunk is written to the shard when it finishes.
+        chunk = max(1, s.max_batch_size * 4)
+        for start in range(0, len(prompts), chunk):
+            part = prompts[start: start + chunk]
+            res = self.model.generate_batch(part, generation_config=gc, max_new_tokens=max_new)
+            ordered = list(res.values())
+            if len(ordered) != len(part) or any(r.error for r in ordered):
+                raise RuntimeError(f"generate_batch returned {len(ordered)} of {len(part)} results or errors")
+            results = [self._finish(list(r.generated_tokens)) for r in ordered]
+            out += results
+            if on_batch:
+                on_batch(list(range(start, start + len(part))), results)
+        return out
+
+    def _finish(self, tokens: list[int]) -> dict:
+        """Cut at the first EOS (and the padding after it), decode, cut at the first stop string."""
+        if self.eos in tokens:
+            tokens = tokens[: tokens.index(self.eos)]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return {"tokens": tokens, "completion": truncate_at_stop(text, self.settings.stop)}
+
+    # -- next-token probabilities (classifier judges) ----------------------------------------------
+    def next_token_probs(self, prompts: list[list[int]], token_ids: list[int],
+                         on_batch: Optional[Callable[[list[int], list[dict]], None]] = None) -> list[dict]:
+        """Softmax over the next-token logits after each prompt, read at `token_ids`."""
+        import torch
+
+        out: list[Optional[dict]] = [None] * len(prompts)
+        s = self.settings
+        for batch in budget_batches([len(p) for p in prompts], 1, s.batch_tokens, s.max_batch_size):
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad, dtype=torch.long)  # [B, L]
+            mask = torch.zeros_like(ids)  # [B, L]
+            for row, i in enumerate(batch):
+                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L] positions that ignore the left padding
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=pos.to(self.device)).logits[:, -1, :]  # [B, V]
+            probs = torch.softmax(logits.float(), dim=-1)[:, token_ids].cpu()  # [B, len(token_ids)]
+            results = [{"probs": row.tolist()} for row in probs]
+            for i, r in zip(batch, results):
+                out[i] = r
+            if on_batch:
+                on_batch(batch, results)
+        return out  # type: ignore[return-value]
+
+
+class Throughput:
+    """A tqdm bar per replica with generated tokens/s in its postfix."""
+
+    def __init__(self, total: int, desc: str, position: int = 0):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, position=position, unit="prompt", leave=False, mininterval=1.0)
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def update(self, prompts: int, tokens: int) -> None:
+        self.tokens += tokens
+        rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{rate:.1f} tok/s", refresh=False)
+        self.bar.update(prompts)
+
+    def close(self) -> None:
+        self.bar.close()

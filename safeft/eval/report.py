@@ -1,0 +1,153 @@
+"""`safeft report RUN_DIRS...`: a markdown table, PTST heatmaps (train x test template) and a safety/utility scatter.
+
+Reads each run's `eval/summary.json` (or a directory that holds summary.json directly).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+
+from safeft.errors import SafeftError
+from safeft.io import read_json, write_text
+
+UTILITY_KEYS = ("exact_match_strict", "rouge1", "exact_match", "exact_match_flexible", "contains")
+
+
+def load_rows(run_dirs: list[str]) -> list[dict]:
+    rows = []
+    for d in run_dirs:
+        path = next((p for p in (os.path.join(d, "eval", "summary.json"), os.path.join(d, "summary.json"))
+                     if os.path.isfile(p)), None)
+        if path is None:
+            raise SafeftError(f"{d}: no eval/summary.json or summary.json; run 'safeft eval' first")
+        for r in read_json(path).get("rows", []):
+            rows.append({**r, "run": os.path.basename(os.path.normpath(d))})
+    if not rows:
+        raise SafeftError("no evaluation results in " + ", ".join(run_dirs))
+    return rows
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    """'task.metric' columns: utility headline metrics and every ASR (no derived safe rates, no categories)."""
+    cols = []
+    for r in rows:
+        for m in r["metrics"]:
+            keep = m in UTILITY_KEYS[:3] if r["kind"] == "utility" else (m.endswith("_asr") and "/" not in m)
+            col = f"{r['task']}.{m}"
+            if keep and col not in cols:
+                cols.append(col)
+    return cols
+
+
+def grid(rows: list[dict]) -> dict[tuple, dict[str, float]]:
+    """(run, model, train template, test template) -> {task.metric: value}."""
+    out: dict[tuple, dict] = defaultdict(dict)
+    for r in rows:
+        key = (r["run"], r["model_tag"], r.get("train_template") or "?", r["template"])
+        for m, v in r["metrics"].items():
+            out[key][f"{r['task']}.{m}"] = v["value"]
+    return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = _columns(rows)
+    judges = {f"{r['task']}.{m}": v["judge"] for r in rows for m, v in r["metrics"].items()}
+    head = ["run", "model", "train template", "test template"] + cols
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, vals in sorted(grid(rows).items()):
+        cells = [_fmt(vals.get(c)) for c in cols]
+        lines.append("| " + " | ".join(list(key) + cells) + " |")
+    notes = [f"- `{c}`: judge `{judges[c]}`" for c in cols]
+    return "\n".join(lines) + "\n\nJudges:\n" + "\n".join(notes) + "\n"
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
+    """One PNG per metric: rows = train template, columns = test template (mean over runs and models)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cells = grid(rows)
+    trains = sorted({k[2] for k in cells})
+    tests = sorted({k[3] for k in cells})
+    paths = []
+    for col in _columns(rows):
+        acc: dict[tuple, list] = defaultdict(list)
+        for (_, _, tr, te), vals in cells.items():
+            if col in vals:
+                acc[(tr, te)].append(vals[col])
+        mat = np.full((len(trains), len(tests)), np.nan)
+        for (tr, te), vs in acc.items():
+            mat[trains.index(tr), tests.index(te)] = sum(vs) / len(vs)
+        fig, ax = plt.subplots(figsize=(1.6 * len(tests) + 2.5, 0.8 * len(trains) + 2))
+        im = ax.imshow(mat, cmap="viridis_r" if col.endswith("_asr") else "viridis", aspect="auto")
+        ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right")
+        ax.set_yticks(range(len(trains)), trains)
+        ax.set_xlabel("test template")
+        ax.set_ylabel("train template")
+        ax.set_title(col)
+        for i in range(len(trains)):
+            for j in range(len(tests)):
+                if not np.isnan(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.3g}", ha="center", va="center", color="white", fontsize=9)
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        paths.append(_save(fig, os.path.join(out_dir, f"heatmap_{col.replace('/', '_')}.png")))
+        plt.close(fig)
+    return paths
+
+
+def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
+    """Safety (first ASR column) against utility (first utility column), one point per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = _columns(rows)
+    util = next((c for c in cols if not c.endswith("_asr")), None)
+    asr = next((c for c in cols if c.endswith("_asr")), None)
+    if not util or not asr:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (run, model, tr, te), vals in sorted(grid(rows).items()):
+        if util in vals and asr in vals:
+            ax.scatter(vals[util], vals[asr])
+            ax.annotate(f"{model}: {tr} -> {te}", (vals[util], vals[asr]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(util + " (higher is better)")
+    ax.set_ylabel(asr + " (lower is safer)")
+    ax.set_title("safety vs utility")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = _save(fig, os.path.join(out_dir, "safety_vs_utility.png"))
+    plt.close(fig)
+    return path
+
+
+def _save(fig, path: str) -> str:
+    from safeft.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    return path
+
+
+def write_report(run_dirs: list[str], out_dir: str) -> dict:
+    rows = load_rows(run_dirs)
+    table = markdown_table(rows)
+    heatmaps = plot_heatmaps(rows, out_dir)
+    scatter = plot_scatter(rows, out_dir)
+    figures = [os.path.basename(p) for p in heatmaps + ([scatter] if scatter else [])]
+    body = "# Evaluation report\n\n" + table + "\n" + "".join(f"![{f}]({f})\n" for f in figures)
+    write_text(os.path.join(out_dir, "report.md"), body)
+    return {"report": os.path.join(out_dir, "report.md"), "figures": [os.path.join(out_dir, f) for f in figures],
+            "table": table}

@@ -1,0 +1,194 @@
+"""`safeft plan`: per-GPU memory of a ZeRO setup from a model config alone, and what to change if it does not fit.
+
+Model states use DeepSpeed's own accounting (mixed precision AdamW, bytes per parameter: 16-bit
+parameters 2, gradients 2 + 4 fp32, optimizer 4 fp32 master + 8 moments), so the totals equal
+DeepSpeed's `estimate_zero{2,3}_model_states_mem_needs`. Activations are an estimate: 34 s b h bytes per
+layer with memory-efficient attention (no s^2 scores), 2 s b h per layer under gradient checkpointing
+plus one layer recomputed, and fp32 logits with their gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from safeft.errors import ConfigError
+
+GiB = 2**30
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
+ALIASES = {
+    "meta-llama/Llama-2-7b-hf": "Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf": "Llama-2-7b-hf",
+    "meta-llama/Llama-2-13b-hf": "Llama-2-13b-hf", "meta-llama/Llama-2-13b-chat-hf": "Llama-2-13b-hf",
+    "meta-llama/Llama-2-70b-hf": "Llama-2-70b-hf", "meta-llama/Llama-2-70b-chat-hf": "Llama-2-70b-hf",
+    "meta-llama/Meta-Llama-3-8B": "Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct": "Meta-Llama-3-8B",
+    "meta-llama/Meta-Llama-3-70B": "Meta-Llama-3-70B", "meta-llama/Meta-Llama-3-70B-Instruct": "Meta-Llama-3-70B",
+    "mistralai/Mistral-7B-Instruct-v0.2": "Mistral-7B-Instruct-v0.2",
+}
+OVERHEAD_BYTES = 2 * GiB  # CUDA context, allocator fragmentation, communication buffers
+
+
+def resolve_model_config(name: str) -> dict:
+    """A bundled config for a known hub name (no network), or a config.json file / model directory."""
+    if os.path.isdir(name):
+        name = os.path.join(name, "config.json")
+    if os.path.isfile(name):
+        with open(name, encoding="utf-8") as f:
+            return json.load(f)
+    short = ALIASES.get(name) or ALIASES.get(next((k for k in ALIASES if k.lower() == name.lower()), ""))
+    short = short or (name.split("/")[-1] if os.path.isfile(os.path.join(MODELS_DIR, name.split("/")[-1] + ".json"))
+                      else None)
+    if short is None:
+        known = ", ".join(sorted(ALIASES))
+        raise ConfigError(f"--model {name!r}: not a config.json, a model directory, or a bundled model ({known})")
+    with open(os.path.join(MODELS_DIR, short + ".json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def count_params(c: dict) -> tuple[int, int]:
+    """(total parameters, largest single module's parameters) of a Llama/Mistral-style decoder."""
+    d, inter, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    heads = c["num_attention_heads"]
+    kv = c.get("num_key_value_heads", heads)
+    head_dim = c.get("head_dim") or d // heads
+    attn = d * heads * head_dim * 2 + d * kv * head_dim * 2  # q, o and k, v projections
+    per_layer = attn + 3 * d * inter + 2 * d  # SwiGLU MLP, two RMSNorms
+    embed = vocab * d
+    total = embed + layers * per_layer + d + (0 if c.get("tie_word_embeddings") else embed)
+    return total, max(embed, d * inter)
+
+
+@dataclass
+class Plan:
+    model: str
+    params: int
+    gpus: int
+    gpus_per_node: int
+    zero: int
+    offload: str
+    seq_len: int
+    micro_batch: int
+    grad_checkpointing: bool
+    gpu_mem_gib: float
+    per_gpu: dict = field(default_factory=dict)  # bytes per component
+    cpu_per_node: int = 0
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_gpu.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.gpu_mem_gib * GiB
+
+    def render(self) -> str:
+        head = (f"{self.model}: {self.params / 1e9:.2f}B params, {self.gpus} GPU(s) ({self.gpus_per_node}/node), "
+                f"ZeRO-{self.zero}, offload {self.offload}, seq {self.seq_len} x micro-batch {self.micro_batch}, "
+                f"gradient checkpointing {'on' if self.grad_checkpointing else 'off'}")
+        lines = [head, "per GPU:"]
+        lines += [f"  {k:<24}{v / GiB:9.2f} GiB" for k, v in self.per_gpu.items()]
+        lines.append(f"  {'total':<24}{self.total / GiB:9.2f} GiB of {self.gpu_mem_gib:g} GiB -> "
+                     f"{'fits' if self.fits else 'does NOT fit'}")
+        lines.append(f"CPU memory per node (DeepSpeed estimate): {self.cpu_per_node / GiB:.1f} GiB")
+        lines += [f"  try: {a}" for a in self.advice]
+        return "\n".join(lines)
+
+
+def model_state_bytes(params: int, largest: int, gpus: int, zero: int, offload: str) -> dict:
+    """Per-GPU bytes of parameters, gradients and optimizer states, DeepSpeed's accounting."""
+    if zero == 2:
+        sharded = {"gradients": 6 * params // gpus, "optimizer states": 12 * params // gpus}
+        if offload != "none":
+            sharded = {"gradients": 0, "optimizer states": 0}  # on the CPU
+        return {"parameters (16-bit)": 2 * params, **sharded}
+    gather = 4 * largest  # the largest module's parameters gathered for its forward/backward
+    if offload == "all":
+        return {"parameters (16-bit)": gather, "gradients": 0, "optimizer states": 0}
+    if offload == "optimizer":
+        return {"parameters (16-bit)": gather + 2 * params // gpus, "gradients": 0, "optimizer states": 0}
+    return {"parameters (16-bit)": gather + 2 * params // gpus, "gradients": 4 * params // gpus,
+            "optimizer states": 12 * params // gpus}
+
+
+def activation_bytes(c: dict, seq: int, micro: int, grad_ckpt: bool) -> int:
+    d, layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+    tokens = seq * micro
+    per_layer = 34 * tokens * d
+    body = layers * 2 * tokens * d + per_layer if grad_ckpt else layers * per_layer
+    return body + 2 * 4 * tokens * vocab  # fp32 logits and their gradient
+
+
+def ds_estimates(params: int, largest: int, gpus: int, per_node: int, zero: int, offload: str) -> tuple[int, int]:
+    """DeepSpeed's own (CPU per node, GPU) model-state estimates for this setup."""
+    nodes = max(1, gpus // per_node)
+    if zero == 2:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        return estimate_zero2_model_states_mem_needs(params, per_node, nodes, cpu_offload=offload != "none")
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    cpu, gpu, _ = estimate_zero3_model_states_mem_needs(params, largest, per_node, nodes,
+                                                        cpu_offload=offload != "none",
+                                                        cpu_offload_params=offload == "all", zero_init=True)
+    return cpu, gpu
+
+
+def make_plan(model: str, gpus: int, gpus_per_node: int, zero: int, offload: str, seq_len: int, micro_batch: int,
+              grad_checkpointing: bool, gpu_mem_gib: float, advise: bool = True) -> Plan:
+    if gpus < 1 or gpus_per_node < 1 or gpus % gpus_per_node:
+        raise ConfigError(f"--gpus {gpus} must be a positive multiple of --gpus-per-node {gpus_per_node}")
+    if zero not in (2, 3):
+        raise ConfigError(f"--zero {zero}: expected 2 or 3")
+    if offload == "all" and zero != 3:
+        raise ConfigError("--offload all offloads parameters, which needs --zero 3")
+    c = resolve_model_config(model)
+    params, largest = count_params(c)
+    plan = Plan(model, params, gpus, gpus_per_node, zero, offload, seq_len, micro_batch, grad_checkpointing,
+                gpu_mem_gib)
+    plan.per_gpu = model_state_bytes(params, largest, gpus, zero, offload)
+    plan.per_gpu["activations"] = activation_bytes(c, seq_len, micro_batch, grad_checkpointing)
+    plan.per_gpu["overhead"] = OVERHEAD_BYTES
+    plan.cpu_per_node = ds_estimates(params, largest, gpus, gpus_per_node, zero, offload)[0]
+    if advise and not plan.fits:
+        plan.advice = _advice(plan)
+    return plan
+
+
+def _advice(p: Plan) -> list[str]:
+    """Changes that make it fit, cheapest first (each checked by re-planning)."""
+    base = dict(model=p.model, gpus=p.gpus, gpus_per_node=p.gpus_per_node, zero=p.zero, offload=p.offload,
+                seq_len=p.seq_len, micro_batch=p.micro_batch, grad_checkpointing=p.grad_checkpointing,
+                gpu_mem_gib=p.gpu_mem_gib, advise=False)
+    options = [("--grad-checkpointing", dict(grad_checkpointing=True)),
+               ("--micro-batch 1 --grad-checkpointing", dict(micro_batch=1, grad_checkpointing=True)),
+               ("--zero 3 --grad-checkpointing", dict(zero=3, grad_checkpointing=True)),
+               ("--zero 3 --offload optimizer --grad-checkpointing",
+                dict(zero=3, offload="optimizer", grad_checkpointing=True)),
+               ("--zero 3 --offload all --grad-checkpointing", dict(zero=3, offload="all", grad_checkpointing=True))]
+    out = [flag for flag, change in options if make_plan(**{**base, **change}).fits]
+    for n in (n for n in (2, 4, 8, 16, 32, 64, 128, 256) if n > p.gpus):
+        per_node = min(p.gpus_per_node, n)
+        if n % per_node == 0 and make_plan(**{**base, "gpus": n, "gpus_per_node": per_node}).fits:
+            out.append(f"--gpus {n} (same settings)")
+            break
+    return out[:4] or ["nothing in reach fits: shorten --seq-len or use GPUs with more memory"]
+
+
+def add_plan_args(p) -> None:
+    p.add_argument("--model", required=True, help="hub name of a bundled model, a config.json, or a model dir")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpus-per-node", type=int, default=None, help="default: min(--gpus, 8)")
+    p.add_argument("--zero", type=int, choices=[2, 3], default=3)
+    p.add_argument("--offload", choices=["none", "optimizer", "all"], default="none")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--micro-batch", type=int, default=1)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU")
+
+
+def plan_from_args(args) -> Plan:
+    per_node: Optional[int] = args.gpus_per_node or min(args.gpus, 8)
+    return make_plan(args.model, args.gpus, per_node, args.zero, args.offload, args.seq_len, args.micro_batch,
+                     args.grad_checkpointing, args.gpu_mem)

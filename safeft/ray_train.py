@@ -1,0 +1,245 @@
+"""Run the trainer's own `safeft.train.run()` on N Ray Train workers (`ray.train.torch.TorchTrainer`).
+
+    result = train_on_ray(cfg)          # driver side: validates, then blocks until the run ends
+
+Each worker gets the torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT) from Ray Train before `run()` starts DeepSpeed, so DeepSpeed reuses Ray's gloo/nccl
+process group. The trainer's `on_checkpoint` hook reports each DeepSpeed checkpoint to Ray Train,
+which copies it to `RunConfig.storage_path/<name>/step-<N>`. When a worker dies, Ray Train restarts the
+worker group (up to `ray.max_failures` times) and `ray.train.get_checkpoint()` hands the last reported
+checkpoint back as `TrainHooks.resume_from`; a later `train_on_ray` with the same run name resumes the
+same way (Ray Train V2 restores from the run's checkpoint-manager snapshot in storage).
+
+Per rank, `<run_dir>/logs/consumed-rank<r>.jsonl` records the rows each optimizer step consumed
+(from the trainer's `on_log` metrics: `rows`), so a restart can be audited: entries past the restored
+step are dropped when the worker group restarts, leaving each row of an epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any, Callable, Optional
+
+from safeft.config import Config, validate
+from safeft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Environment the workers need whatever node they land on (read at submit time on the driver).
+FORWARDED_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS",
+                 "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "SAFEFT_TRAIN_FN", "PYTHONPATH")
+STEP_DIR = re.compile(r"step-(\d+)$")
+
+
+# --- driver side ----------------------------------------------------------------------------------
+
+
+def ray_run_name(cfg: Config) -> str:
+    """A file-system-safe Ray run name from the output name (sweep names contain '/')."""
+    name = cfg.output.name or "run"
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "--", name).strip("-") or "run"
+
+
+def storage_path(cfg: Config) -> str:
+    return cfg.ray.storage_path or os.path.join(os.path.abspath(cfg.run_dir), "ray")
+
+
+def absolutize(cfg: Config) -> Config:
+    """Make local paths absolute: Ray workers (and `ray job submit` drivers) run in another directory."""
+    cfg.output.dir = os.path.abspath(cfg.output.dir)
+    for section, key in (("model", "name_or_path"), ("model", "tokenizer"), ("data", "path"),
+                         ("data", "cache_dir"), ("train", "deepspeed_config")):
+        obj = getattr(cfg, section)
+        value = getattr(obj, key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            prefix, _, rest = value.partition(":") if value.startswith("tiny:") else ("", "", value)
+            if os.path.exists(rest) or key in ("cache_dir",) or prefix == "tiny":
+                rest = os.path.abspath(rest)
+                setattr(obj, key, f"{prefix}:{rest}" if prefix else rest)
+    return cfg
+
+
+def check_before_workers(cfg: Config) -> Config:
+    """Every check that can fail without a worker: config rules, then the trainer's batch/DeepSpeed rules."""
+    validate(cfg)
+    cfg = cfg.single("train --ray")
+    if cfg.ray.use_gpu and cfg.ray.gpus_per_worker <= 0:
+        raise ConfigError("config key 'ray.gpus_per_worker': expected > 0 when ray.use_gpu is true")
+    check = _trainer_check()
+    if check is not None:
+        check(cfg, cfg.ray.num_workers)
+    return cfg
+
+
+def _trainer_check() -> Optional[Callable]:
+    for module in ("safeft.train", "safeft.distributed"):
+        try:
+            mod = __import__(module, fromlist=["check_train_config"])
+        except ImportError:
+            continue
+        if hasattr(mod, "check_train_config"):
+            return mod.check_train_config
+    return None
+
+
+def build_trainer(cfg: Config, train_loop_config: Optional[dict] = None):
+    """The TorchTrainer for `cfg`: scaling, backend, storage, failure policy."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    rc = cfg.ray
+    resources = {"CPU": rc.cpus_per_worker}
+    if rc.use_gpu:
+        resources["GPU"] = rc.gpus_per_worker
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    if not rc.use_gpu:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    return TorchTrainer(
+        _worker_loop,
+        train_loop_config={"cfg": cfg.to_dict(), **(train_loop_config or {})},
+        scaling_config=ray.train.ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy=rc.placement_strategy),
+        torch_config=TorchConfig(backend="nccl" if rc.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=ray_run_name(cfg), storage_path=storage_path(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_last),
+            worker_runtime_env={"env_vars": env}),
+    )
+
+
+def connect(cfg: Config) -> None:
+    """Join the cluster in `ray.address` / RAY_ADDRESS, or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("http"):  # a job-server URL: the cluster's GCS is what ray.init needs
+        address = "auto"
+    ray.init(address=address, log_to_driver=True)
+
+
+def train_on_ray(cfg: Config) -> dict:
+    """Validate, then run the training on Ray Train workers; returns where everything went."""
+    cfg = absolutize(check_before_workers(cfg))
+    connect(cfg)
+    name, storage = ray_run_name(cfg), storage_path(cfg)
+    print(f"safeft: Ray Train run '{name}' with {cfg.ray.num_workers} workers\n"
+          f"  logs:        {os.path.join(cfg.run_dir, 'logs')}\n"
+          f"  checkpoints: {os.path.join(cfg.run_dir, 'checkpoints')} (reported to {os.path.join(storage, name)})\n"
+          f"  export:      {os.path.join(cfg.run_dir, 'export')}", flush=True)
+    result = build_trainer(cfg).fit()
+    if result.error is not None:
+        raise result.error
+    summary = {
+        "run_dir": cfg.run_dir,
+        "export": os.path.join(cfg.run_dir, "export"),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "ray_storage": os.path.join(storage, name),
+        "metrics": dict(result.metrics or {}),
+    }
+    print(f"safeft: done; export at {summary['export']}", flush=True)
+    return summary
+
+
+# --- worker side ----------------------------------------------------------------------------------
+
+
+def resolve_train_fn() -> Callable:
+    """`safeft.train.run`, or `module:function` from SAFEFT_TRAIN_FN (tests inject a stand-in this way)."""
+    spec = os.environ.get("SAFEFT_TRAIN_FN")
+    if spec:
+        module, _, fn = spec.partition(":")
+        return getattr(__import__(module, fromlist=[fn]), fn)
+    from safeft.train import run
+
+    return run
+
+
+def restored_step(checkpoint_path: Optional[str]) -> int:
+    m = STEP_DIR.search(os.path.basename(os.path.normpath(checkpoint_path))) if checkpoint_path else None
+    return int(m.group(1)) if m else 0
+
+
+def trim_consumed_log(path: str, after_step: int) -> None:
+    """Drop entries past the restored step: those steps are trained again after the restart."""
+    if not os.path.exists(path):
+        return
+    from safeft.io import write_text
+
+    with open(path, encoding="utf-8") as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= after_step]
+    write_text(path, "".join(kept))
+
+
+class _RayHooks:
+    """Builds the TrainHooks callbacks for one worker."""
+
+    def __init__(self, run_dir: str, rank: int, local_rank: int, shared_fs: bool):
+        self.rank, self.local_rank, self.shared_fs = rank, local_rank, shared_fs
+        self.consumed = os.path.join(run_dir, "logs", f"consumed-rank{rank}.jsonl")
+
+    def on_log(self, metrics: dict) -> None:
+        rows = metrics.get("rows")
+        if rows is None or "step" not in metrics:
+            return
+        entry = {"step": int(metrics["step"]), "epoch": metrics.get("epoch"), "rows": [int(r) for r in rows if r >= 0]}
+        with open(self.consumed, "a", encoding="utf-8") as f:  # one small line per step: append is atomic enough
+            f.write(json.dumps(entry) + "\n")
+
+    def on_checkpoint(self, step: int, ckpt_dir: str, metrics: dict) -> None:
+        import ray.train
+
+        # With a shared filesystem rank 0 sees every shard; otherwise each node uploads its own.
+        uploads = self.rank == 0 if self.shared_fs else self.local_rank == 0
+        checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if uploads else None
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        ray.train.report({**scalars, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}")
+
+
+def _worker_loop(config: dict) -> None:
+    import ray.train
+
+    from safeft.config import config_from_dict
+
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, local_rank = ctx.get_world_rank(), ctx.get_local_rank()
+    # Ray Train already set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (TorchConfig init_method=env);
+    # assert it, since DeepSpeed reads the world size from there.
+    assert int(os.environ["WORLD_SIZE"]) == ctx.get_world_size() and int(os.environ["RANK"]) == rank
+    _pin_device(local_rank)
+    logs = os.path.join(cfg.run_dir, "logs")
+    os.makedirs(os.path.join(logs, "pids"), exist_ok=True)
+    with open(os.path.join(logs, "pids", f"rank{rank}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    hooks_impl = _RayHooks(cfg.run_dir, rank, local_rank, cfg.ray.shared_filesystem)
+    checkpoint = ray.train.get_checkpoint()
+    resume_from = checkpoint.path if checkpoint is not None else None
+    trim_consumed_log(hooks_impl.consumed, restored_step(resume_from))
+    if resume_from:
+        print(f"safeft[rank {rank}]: resuming from {resume_from}", flush=True)
+    resolve_train_fn()(cfg, _make_hooks(hooks_impl, resume_from))
+
+
+def _make_hooks(impl: _RayHooks, resume_from: Optional[str]) -> Any:
+    try:
+        from safeft.train import TrainHooks
+    except ImportError:  # a stand-in trainer (tests) takes any object with these attributes
+        from types import SimpleNamespace as TrainHooks
+    return TrainHooks(on_checkpoint=impl.on_checkpoint, on_log=impl.on_log, resume_from=resume_from)
+
+
+def _pin_device(local_rank: int) -> None:
+    """TorchTrainer shows each worker every GPU of its node: pick ours by local rank."""
+    import torch
+
+    if torch.cuda.is_available():
+        from ray.train.torch import get_device
+
+        torch.cuda.set_device(get_device())  # Ray maps local rank -> this worker's GPU

@@ -1,0 +1,194 @@
+"""`safeft sweep`: expand a config's grid into runs, train them on Ray concurrently, evaluate each.
+
+    runs = plan_sweep(cfg)                  # names, run dirs, status; no Ray needed
+    summary = run_sweep(cfg)                # schedules the runs that are not DONE
+
+Run names read like the grid point: `<name>/train=chat-vanilla,lookahead=virtual`. A run is complete
+when `<run_dir>/DONE` exists (written atomically after export and evaluation), so a second
+`safeft sweep` schedules only what is missing; an unfinished run resumes from its last checkpoint
+(Ray Train restores the run of the same name; the trainer's `train.resume: auto` does the rest).
+`<output.dir>/<name>/sweep.json` lists every run with its status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Optional
+
+from safeft.config import Config, config_from_dict, validate
+from safeft.errors import SafeftError
+from safeft.io import read_json, write_json
+
+# Short axis names used in run names; other grid keys use their last dotted part.
+AXIS_LABELS = {"template.train": "train", "lookahead.mode": "lookahead", "train.lr": "lr",
+               "train.seed": "seed", "data.path": "data"}
+DONE = "DONE"
+
+
+@dataclass
+class SweepRun:
+    name: str
+    point: dict
+    cfg: Config
+    status: str = "pending"  # pending | done | failed
+    error: Optional[str] = None
+    result: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> str:
+        return self.cfg.run_dir
+
+    def record(self) -> dict:
+        return {"name": self.name, "point": self.point, "run_dir": self.run_dir, "status": self.status,
+                "error": self.error, **self.result}
+
+
+def _value_label(key: str, value) -> str:
+    if key == "data.path" and isinstance(value, str):
+        value = os.path.splitext(os.path.basename(value.rstrip("/")))[0] or value
+    text = str(value).replace(":", "-")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def run_label(point: dict) -> str:
+    """`train=chat-vanilla,lookahead=virtual`: readable and safe as one directory name."""
+    if not point:
+        return "single"
+    return ",".join(f"{AXIS_LABELS.get(k, k.rsplit('.', 1)[-1])}={_value_label(k, v)}" for k, v in point.items())
+
+
+def sweep_dir(cfg: Config) -> str:
+    return cfg.run_dir
+
+
+def plan_sweep(cfg: Config) -> list[SweepRun]:
+    """One SweepRun per grid point, named and placed under `<output.dir>/<name>/`, with DONE status read."""
+    validate(cfg)
+    base = cfg.output.name or "sweep"
+    runs, seen = [], {}
+    for point, run_cfg in cfg.expand():
+        label = run_label(point)
+        if label in seen:  # e.g. two data files with the same basename: disambiguate by the full values
+            label += "," + hashlib.sha1(repr(sorted(point.items())).encode()).hexdigest()[:8]
+        seen[label] = point
+        run_cfg.output.name = f"{base}/{label}"
+        run = SweepRun(name=run_cfg.output.name, point=point, cfg=run_cfg)
+        if is_done(run.run_dir):
+            run.status, run.result = "done", read_json(os.path.join(run.run_dir, DONE))
+        runs.append(run)
+    return runs
+
+
+def is_done(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, DONE))
+
+
+def concurrency(cfg: Config, cluster_resources: dict) -> int:
+    """How many runs train at once: `ray.max_concurrent_runs`, else as many as the cluster's CPUs/GPUs fit."""
+    if cfg.ray.max_concurrent_runs > 0:
+        return cfg.ray.max_concurrent_runs
+    rc = cfg.ray
+    fits = int(cluster_resources.get("CPU", 1) // (rc.num_workers * rc.cpus_per_worker))
+    if rc.use_gpu:
+        fits = min(fits, int(cluster_resources.get("GPU", 0) // (rc.num_workers * rc.gpus_per_worker)))
+    return max(1, fits)
+
+
+def evaluate_run(run_cfg: Config, export: str, enabled: bool = True) -> dict:
+    """Evaluate one run's export under every test template, or say why it was skipped."""
+    if not enabled:
+        return {"eval": "skipped (--no-eval)"}
+    try:
+        from safeft.eval import evaluate
+    except ImportError as e:
+        return {"eval": f"skipped: evaluator not importable ({e})"}
+    summary = evaluate(run_cfg, models=[export], out_dir=None)
+    return {"eval": "done", "eval_summary": summary}
+
+
+def execute_run(cfg_dict: dict, evaluate: bool) -> dict:
+    """Train (resuming if unfinished), evaluate, then write DONE. Runs inside a Ray task."""
+    from safeft.io import write_json as _write
+    from safeft.ray_train import train_on_ray
+
+    run_cfg = config_from_dict(cfg_dict)
+    started = time.time()
+    train = train_on_ray(run_cfg)
+    result = {"export": train["export"], "checkpoint": train["checkpoint"],
+              "train_metrics": train["metrics"], **evaluate_run(run_cfg, train["export"], evaluate)}
+    result["seconds"] = round(time.time() - started, 1)
+    _write(os.path.join(run_cfg.run_dir, DONE), result)
+    return result
+
+
+def write_summary(cfg: Config, runs: list[SweepRun]) -> str:
+    path = os.path.join(sweep_dir(cfg), "sweep.json")
+    counts = {s: sum(r.status == s for r in runs) for s in ("done", "failed", "pending")}
+    write_json(path, {"name": cfg.output.name, "axes": cfg.grid_axes(), "counts": counts,
+                      "runs": [r.record() for r in runs]})
+    return path
+
+
+def run_sweep(cfg: Config, evaluate: bool = True, progress: bool = True) -> dict:
+    """Schedule every run not yet DONE on the Ray cluster; returns the summary (also in sweep.json)."""
+    import ray
+
+    from safeft.ray_train import FORWARDED_ENV, absolutize, check_before_workers, connect
+
+    cfg = absolutize(cfg)
+    runs = plan_sweep(cfg)
+    todo = [r for r in runs if r.status != "done"]
+    for r in todo:  # every run's config is checked before any worker starts
+        check_before_workers(r.cfg)
+    print(f"safeft sweep '{cfg.output.name}': {len(runs)} runs, {len(runs) - len(todo)} already done, "
+          f"{len(todo)} to run", flush=True)
+    scheduled = 0
+    if todo:
+        connect(cfg)
+        limit = concurrency(cfg, ray.cluster_resources())
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        task = ray.remote(num_cpus=0, max_retries=0)(execute_run).options(runtime_env={"env_vars": env})
+        scheduled = _schedule(task, todo, limit, evaluate, progress)
+    path = write_summary(cfg, runs)
+    failed = [r for r in runs if r.status == "failed"]
+    print(f"safeft sweep: {sum(r.status == 'done' for r in runs)}/{len(runs)} done, {len(failed)} failed; "
+          f"summary {path}", flush=True)
+    return {"summary": path, "scheduled": scheduled, "runs": [r.record() for r in runs], "failed": len(failed)}
+
+
+def _schedule(task, todo: list[SweepRun], limit: int, evaluate: bool, progress: bool) -> int:
+    import ray
+    from tqdm import tqdm
+
+    pending = list(todo)
+    running: dict = {}
+    bar = tqdm(total=len(todo), desc="sweep runs", unit="run", disable=not progress)
+    while pending or running:
+        while pending and len(running) < limit:
+            run = pending.pop(0)
+            running[task.remote(run.cfg.to_dict(), evaluate)] = run
+        ready, _ = ray.wait(list(running), num_returns=1)
+        run = running.pop(ready[0])
+        try:
+            run.result, run.status = ray.get(ready[0]), "done"
+        except Exception as e:  # one failed run must not stop the others; the summary says why
+            run.status, run.error = "failed", _error_text(e)
+        bar.update(1)
+        bar.set_postfix_str(f"{run.name}: {run.status}")
+    bar.close()
+    return len(todo)
+
+
+def _error_text(e: Exception) -> str:
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, SafeftError):
+        return str(cause)
+    return "".join(traceback.format_exception_only(type(cause), cause)).strip()[-2000:]
+
+
+__all__ = ["SweepRun", "plan_sweep", "run_sweep", "run_label", "concurrency", "is_done", "execute_run"]

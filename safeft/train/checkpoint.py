@@ -1,0 +1,119 @@
+"""Checkpoints: DeepSpeed engine state + client state + per-rank RNG, published atomically.
+
+Layout under `<run_dir>/checkpoints/`: one directory per tag (`step00000012`), `latest` naming the last
+complete one, `hf/` (config + tokenizer, for offline export) and `safeft_run.json`. Every rank writes its
+shard with `save_latest=False`; after a barrier rank 0 moves `latest` (temp + rename), so a crash while
+saving leaves the previous checkpoint as the one that resumes. RNG states are JSON, never pickles.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from safeft.errors import SafeftError
+from safeft.io import read_json, write_json, write_text
+
+TAG_RE = re.compile(r"^step(\d+)$")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    step_in_epoch: int = 0
+    consumed_samples: int = 0  # packed rows, all ranks
+    data_seed: int = 0
+    world_size: int = 1
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def latest_tag(root: str) -> Optional[str]:
+    path = os.path.join(root, "latest")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        tag = f.read().strip()
+    return tag if os.path.isdir(os.path.join(root, tag)) else None
+
+
+def locate(path: str) -> tuple[str, str]:
+    """(root, tag) for a checkpoints root (with `latest`) or one tag directory."""
+    if os.path.isfile(os.path.join(path, "latest")):
+        tag = latest_tag(path)
+        if tag is None:
+            raise SafeftError(f"checkpoint {path!r}: 'latest' names a directory that does not exist")
+        return path, tag
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "safeft_state.json")):
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(os.path.normpath(path))
+    raise SafeftError(f"checkpoint {path!r}: expected a checkpoints directory with 'latest' or one step directory")
+
+
+def save(engine, root: str, state: TrainState, rank: int, keep_last: int, barrier) -> str:
+    """Every rank calls this; returns the published tag directory."""
+    tag = tag_for(state.step)
+    engine.save_checkpoint(root, tag, client_state={"safeft": asdict(state)}, save_latest=False)
+    write_json(os.path.join(root, tag, f"rng_rank{rank}.json"), rng_state())
+    barrier()  # every shard is on disk before `latest` moves
+    if rank == 0:
+        write_json(os.path.join(root, tag, "safeft_state.json"), asdict(state))
+        write_text(os.path.join(root, "latest"), tag)
+        _prune(root, keep_last, keep=tag)
+    barrier()
+    return os.path.join(root, tag)
+
+
+def _prune(root: str, keep_last: int, keep: str) -> None:
+    tags = sorted(t for t in os.listdir(root) if TAG_RE.match(t) and os.path.isdir(os.path.join(root, t)))
+    for old in [t for t in tags if t != keep][: max(0, len(tags) - keep_last)]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+
+
+def load(engine, root: str, tag: str, rank: int, world_size: int) -> TrainState:
+    meta = read_json(os.path.join(root, tag, "safeft_state.json"))
+    if meta.get("world_size", world_size) != world_size:
+        raise SafeftError(
+            f"checkpoint {os.path.join(root, tag)!r} was written by {meta['world_size']} processes, this run has "
+            f"{world_size}: resuming at another world size needs DeepSpeed's universal checkpoint "
+            f"(python -m deepspeed.checkpoint.ds_to_universal), which safeft does not drive yet")
+    path, client = engine.load_checkpoint(root, tag, load_module_strict=True)
+    if path is None:
+        raise SafeftError(f"checkpoint {os.path.join(root, tag)!r}: DeepSpeed could not load it")
+    state = TrainState(**client["safeft"])
+    rng_file = os.path.join(root, tag, f"rng_rank{rank}.json")
+    if os.path.isfile(rng_file):
+        set_rng_state(read_json(rng_file))
+    return state

@@ -1,0 +1,295 @@
+"""`run(cfg, hooks)`: a full-parameter fine-tune with DeepSpeed ZeRO-2/3 on packed rows.
+
+Each optimizer step takes this rank's `accum` micro-batches, all-reduces their label-token count once,
+and backwards `sum_loss * accum * world / global_tokens` per micro-step: DeepSpeed divides by `accum`
+and averages over ranks, so the gradient is exactly the mean token loss of the whole step, whatever
+the split into ranks and micro-batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from safeft import distributed as dist
+from safeft.errors import SafeftError
+from safeft.train import checkpoint as ckpt
+from safeft.train.metrics import MetricsLogger, flops_per_step, peak_memory_gb
+
+log = logging.getLogger("safeft.train")
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+@dataclass
+class TrainHooks:
+    """Optional callbacks, called on every rank (Ray Train needs every worker to report)."""
+
+    on_checkpoint: Optional[Callable[[int, str, dict], None]] = None  # (step, checkpoint dir, last metrics)
+    on_log: Optional[Callable[[dict], None]] = None
+    resume_from: Optional[str] = None  # a checkpoints root or one step directory; overrides train.resume
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps: int
+    losses: list[float] = field(default_factory=list)  # per optimizer step of this invocation
+    last_checkpoint: Optional[str] = None
+    export_dir: Optional[str] = None
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """What the step loop needs, built once by `_setup`."""
+
+    cfg: Any
+    env: Any
+    device: Any
+    engine: Any
+    hf_model: Any
+    tokenizer: Any
+    loader: Any
+    sampler: Any
+    total_steps: int
+    n_params: int
+    fingerprint: Optional[str]
+    keepalive: Any
+    varlen: bool
+
+
+def run(cfg, hooks: Optional[TrainHooks] = None) -> TrainResult:
+    hooks = hooks or TrainHooks()
+    cfg = cfg.single("train")
+    env = dist.dist_env()
+    ds_config = dist.check_train_config(cfg, env.world_size)
+    device = dist.init(env)
+    _seed_everything(_first(cfg.train.seed))
+    r = _setup(cfg, env, device, ds_config)
+    state = _resume(r, hooks)
+    metrics_log = MetricsLogger(cfg.run_dir, cfg.output.tensorboard, env.is_main)
+    try:
+        return _train(r, state, hooks, metrics_log)
+    finally:
+        metrics_log.close()
+
+
+def _first(v):
+    return v[0] if isinstance(v, list) else v
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _setup(cfg, env, device, ds_config) -> _Run:
+    import deepspeed
+    import torch
+
+    from safeft.data.pack import DistributedPackedSampler, PackedCollator, PackedRows
+    from safeft.loss import CausalLMWithLoss
+    from safeft.model import load_model, load_tokenizer, resolve_model_path, select_attention, uses_varlen_kwargs
+    from safeft.train.schedule import build_scheduler
+
+    if env.is_main:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        from safeft.config import save_config
+
+        save_config(cfg, os.path.join(cfg.run_dir, "config.yaml"))
+    path = resolve_model_path(cfg.model.name_or_path, env.is_main, dist.barrier)
+    mcfg = dataclasses.replace(cfg.model, name_or_path=path)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or path, cfg.model.trust_remote_code, cfg.model.revision)
+    prepared = _prepare(cfg, tokenizer, env)
+    attn = select_attention(cfg.model.attention, device.type)
+    if env.is_main:
+        log.info("attention for packed rows: %s", attn)
+    dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+    model, keepalive = load_model(mcfg, cfg.train.zero_stage, ds_config, dtype, attn)
+    wrapped = CausalLMWithLoss(model, cfg.train.loss, cfg.train.zero_stage)
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+    rows = prepared.dataset.with_format(None)
+    row_tokens = [len(x) for x in rows["input_ids"]]
+    sampler = DistributedPackedSampler(row_tokens, env.world_size, env.rank, cfg.train.micro_batch_size,
+                                       cfg.train.gradient_accumulation_steps, cfg.data.seed)
+    loader = torch.utils.data.DataLoader(PackedRows(rows), batch_sampler=sampler,
+                                         collate_fn=PackedCollator(tokenizer.pad_token_id), num_workers=0)
+    steps_per_epoch = sampler.steps_per_epoch()
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * steps_per_epoch)
+    engine, *_ = deepspeed.initialize(
+        model=wrapped, model_parameters=[p for p in wrapped.parameters() if p.requires_grad], config=ds_config,
+        lr_scheduler=lambda opt: build_scheduler(opt, total, cfg.train))
+    if env.is_main:
+        _write_checkpoint_meta(cfg, model, tokenizer, prepared.fingerprint)
+    return _Run(cfg, env, device, engine, model, tokenizer, loader, sampler, total, n_params,
+                prepared.fingerprint, keepalive, uses_varlen_kwargs(attn))
+
+
+def _prepare(cfg, tokenizer, env):
+    """Rank 0 builds the packed dataset; the others read the same cache after the barrier."""
+    from safeft.data.pipeline import prepare
+
+    prepared = prepare(cfg, tokenizer) if env.is_main else None
+    dist.barrier()
+    return prepared if prepared is not None else prepare(cfg, tokenizer)
+
+
+def _write_checkpoint_meta(cfg, model, tokenizer, fingerprint) -> None:
+    """Config + tokenizer + run record next to the checkpoints, so offline export needs nothing else."""
+    from safeft.export import run_record
+    from safeft.io import atomic_path, write_json
+
+    root = os.path.join(cfg.run_dir, "checkpoints")
+    with atomic_path(os.path.join(root, "hf")) as tmp:
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_json(os.path.join(root, "safeft_run.json"), run_record(cfg, fingerprint, step=0))
+
+
+def _resume(r: _Run, hooks: TrainHooks) -> ckpt.TrainState:
+    cfg = r.cfg
+    fresh = ckpt.TrainState(data_seed=cfg.data.seed, world_size=r.env.world_size)
+    source = hooks.resume_from or (cfg.train.resume if cfg.train.resume not in ("auto", "never") else None)
+    root_default = os.path.join(cfg.run_dir, "checkpoints")
+    if source is None and cfg.train.resume == "auto" and ckpt.latest_tag(root_default):
+        source = root_default
+    if source is None:
+        return fresh
+    root, tag = ckpt.locate(source)
+    state = ckpt.load(r.engine, root, tag, r.env.rank, r.env.world_size)
+    if state.data_seed != cfg.data.seed:
+        raise SafeftError(f"checkpoint {source!r} used data.seed {state.data_seed}, the config has {cfg.data.seed}")
+    if r.env.is_main:
+        log.info("resumed from %s at step %d (epoch %d, step %d of it)", os.path.join(root, tag), state.step,
+                 state.epoch, state.step_in_epoch)
+    return state
+
+
+def _train(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics_log: MetricsLogger) -> TrainResult:
+    from tqdm import tqdm
+
+    cfg, env = r.cfg, r.env
+    result = TrainResult(run_dir=cfg.run_dir, steps=state.step)
+    accum = cfg.train.gradient_accumulation_steps
+    bar = tqdm(total=r.total_steps, initial=state.step, desc="train", disable=not env.is_main, dynamic_ncols=True)
+    metrics: dict = {}
+    while state.step < r.total_steps:
+        r.sampler.set_epoch(state.epoch, state.step_in_epoch)
+        batches = iter(r.loader)
+        for _ in range(r.sampler.steps_per_epoch() - state.step_in_epoch):
+            if state.step >= r.total_steps:
+                break
+            metrics = _step(r, [next(batches) for _ in range(accum)], state.step)
+            state.step += 1
+            state.step_in_epoch += 1
+            state.consumed_samples += r.sampler.rows_per_step
+            metrics.update(step=state.step, epoch=state.epoch + state.step_in_epoch / r.sampler.steps_per_epoch())
+            result.losses.append(metrics["loss"])
+            bar.update(1)
+            if state.step % cfg.train.log_steps == 0 or state.step == r.total_steps:
+                metrics_log.log(metrics, console=bar)
+                if hooks.on_log:
+                    hooks.on_log(metrics)
+            if cfg.train.save_steps and state.step % cfg.train.save_steps == 0 and state.step < r.total_steps:
+                result.last_checkpoint = _save(r, state, hooks, metrics)
+        else:
+            state.epoch += 1
+            state.step_in_epoch = 0
+    bar.close()
+    result.steps, result.metrics = state.step, metrics
+    if metrics or result.last_checkpoint is None:
+        result.last_checkpoint = _save(r, state, hooks, metrics)
+    if cfg.train.export:
+        result.export_dir = export(r, state.step)
+    return result
+
+
+def _save(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics: dict) -> str:
+    root = os.path.join(r.cfg.run_dir, "checkpoints")
+    path = ckpt.save(r.engine, root, state, r.env.rank, r.cfg.train.keep_last, dist.barrier)
+    if hooks.on_checkpoint:
+        hooks.on_checkpoint(state.step, path, metrics)
+    return path
+
+
+def export(r: _Run, step: int) -> Optional[str]:
+    import torch
+
+    from safeft.export import export_from_engine, run_record
+
+    dtype = r.cfg.train.export_dtype
+    torch_dtype = getattr(torch, dtype) if dtype != "auto" else next(r.engine.module.parameters()).dtype
+    out = os.path.join(r.cfg.run_dir, "export")
+    return export_from_engine(r.engine, r.hf_model, r.tokenizer, out, run_record(r.cfg, r.fingerprint, step),
+                              torch_dtype, r.cfg.train.zero_stage, r.env.rank, dist.all_reduce_sum)
+
+
+def _step(r: _Run, micro_batches: list[dict], step: int) -> dict:
+    """One optimizer step over this rank's micro-batches; returns its metrics (same on every rank)."""
+    import torch
+
+    t0 = time.perf_counter()
+    lr = r.engine.get_lr()[0]  # the lr this step uses; the scheduler advances inside engine.step()
+    world, accum = r.env.world_size, len(micro_batches)
+    local = torch.zeros(3, dtype=torch.float64)  # label tokens, real tokens, sum of squared document lengths
+    for b in micro_batches:
+        cu = b["cu_seq_lens_q"].to(torch.float64)
+        local += torch.stack([(b["labels"][:, 1:] != -100).sum().double(), torch.tensor(b["input_ids"].numel(),
+                              dtype=torch.float64), ((cu[1:] - cu[:-1]) ** 2).sum()])
+    totals = dist.all_reduce_sum(local.to(r.device)).cpu()  # one collective per step, before the micro-steps
+    label_tokens = max(float(totals[0]), 1.0)
+    scale = accum * world / label_tokens
+    loss_sum = torch.zeros((), dtype=torch.float64, device=r.device)
+    for k, batch in enumerate(micro_batches):
+        inputs = _to_device(batch, r.device, r.varlen)
+        summed, _ = r.engine(**inputs)
+        r.engine.backward(summed * scale)
+        loss_sum += summed.detach().double()
+        if k == accum - 1:
+            total_loss = float(dist.all_reduce_sum(loss_sum.clone()))
+            if not math.isfinite(total_loss):
+                raise SafeftError(f"loss is {total_loss} at step {step + 1}: training stopped before the optimizer "
+                                  f"step; the last checkpoint is intact. Lower train.lr or check the data.")
+        r.engine.step()
+    seconds = time.perf_counter() - t0
+    grad_norm = r.engine.get_global_grad_norm()
+    grad_norm = float(grad_norm) if grad_norm is not None else None
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        raise SafeftError(f"gradient norm is {grad_norm} at step {step + 1}: stopped without saving; the last "
+                          f"checkpoint is intact")
+    return _step_metrics(r, total_loss / label_tokens, lr, grad_norm, totals, seconds)
+
+
+def _to_device(batch: dict, device, varlen: bool) -> dict:
+    out = {k: batch[k].to(device) for k in ("input_ids", "labels", "position_ids")}
+    if "token_weights" in batch:
+        out["token_weights"] = batch["token_weights"].to(device)
+    if varlen:
+        out.update({k: (batch[k].to(device) if hasattr(batch[k], "to") else batch[k]) for k in VARLEN_KEYS})
+    return out
+
+
+def _step_metrics(r: _Run, loss: float, lr: float, grad_norm, totals, seconds: float) -> dict:
+    cfg = r.hf_model.config
+    flops = flops_per_step(r.n_params, cfg.num_hidden_layers, cfg.hidden_size, float(totals[1]), float(totals[2]))
+    peak = dist.peak_flops()
+    return {
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": float(totals[1]) / seconds,
+        "label_tokens": int(totals[0]),
+        "mfu": flops / seconds / (peak * r.env.world_size) if peak else None,
+        "peak_mem_gb": round(peak_memory_gb(r.device), 3),
+    }

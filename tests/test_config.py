@@ -1,0 +1,252 @@
+"""Config: YAML round trip, typed `--set` overrides, errors that name the key, bases, grids."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import yaml
+
+from safeft.config import Config, config_from_dict, load_config, save_config
+from safeft.errors import ConfigError
+
+RICH = """
+model:
+  name_or_path: some/model
+  dtype: float32
+data:
+  path: data/train.jsonl
+  max_seq_len: 512
+  mixture:
+    - {path: a.jsonl, weight: 2}
+    - {preset: gsm8k, limit: 100}
+template:
+  train: chat:vanilla
+  test: [chat:llama, gsm:chat:mpt]
+lookahead: {mode: virtual, prefix: "Let's go. "}
+train:
+  lr: 1e-4
+  epochs: 2
+  adam_betas: [0.5, 0.999]
+eval:
+  tasks: [{name: gsm8k, limit: 3}, {name: advbench}]
+  gates: {advbench.keyword_asr: "<= 0.05"}
+output: {dir: /tmp/runs}
+"""
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return str(path)
+
+
+def from_overrides(*overrides, data=None):
+    return config_from_dict(data or {}, list(overrides))
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(write(tmp_path, "rich.yaml", RICH))
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)  # YAML 1.1 reads 1e-4 as a string
+    assert cfg.train.epochs == 2.0 and cfg.data.mixture[1].preset == "gsm8k" and cfg.eval.tasks[0].limit == 3
+    assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    save_config(cfg, str(tmp_path / "out" / "saved.yaml"))
+    assert load_config(str(tmp_path / "out" / "saved.yaml")) == cfg
+
+
+def test_defaults_round_trip():
+    cfg = Config()
+    assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_run_dir_defaults_to_the_file_stem(tmp_path):
+    cfg = load_config(write(tmp_path, "my_exp.yaml", "output: {dir: out}\n"))
+    assert cfg.output.name == "my_exp" and cfg.run_dir == "out/my_exp"
+    assert load_config(write(tmp_path, "b.yaml", "output: {dir: out, name: x}\n")).run_dir == "out/x"
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config(
+        write(tmp_path, "c.yaml", "train: {lr: 2e-5}\n"),
+        [
+            "train.lr=1e-4",
+            "data.max_seq_len=4096",
+            "train.warmup_ratio=0.1",
+            "template.test=[chat:llama, text:alpaca]",
+            "train.adam_betas=[0.5, 0.95]",
+            "data.mixture=[{path: a.jsonl, weight: 3}]",
+            "eval.gates={advbench.keyword_asr: '<= 0.05'}",
+            "model.trust_remote_code=true",
+            "lookahead.connector=' Begins with: '",
+            "lookahead.prefix= First, ",
+        ],
+    )
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.data.max_seq_len == 4096 and isinstance(cfg.data.max_seq_len, int)
+    assert cfg.train.warmup_ratio == 0.1
+    assert cfg.test_templates == ["chat:llama", "text:alpaca"]
+    assert cfg.train.adam_betas == [0.5, 0.95]
+    assert cfg.data.mixture[0].path == "a.jsonl" and cfg.data.mixture[0].weight == 3.0
+    assert cfg.eval.gates == {"advbench.keyword_asr": "<= 0.05"}
+    assert cfg.model.trust_remote_code is True
+    assert cfg.lookahead.connector == " Begins with: "  # quoted: spaces kept
+    assert cfg.lookahead.prefix == "First,"  # unquoted values are YAML: surrounding spaces go
+
+
+def test_later_override_wins_and_nested_sections_are_created():
+    cfg = from_overrides("train.lr=1e-4", "train.lr=3e-4", "ray.num_workers=4")
+    assert cfg.train.lr == 3e-4 and cfg.ray.num_workers == 4
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
+        ("trian.lr=1", "unknown config key 'trian'; did you mean 'train'?"),
+        ("data.mixture=[{pth: a}]", "unknown config key 'data.mixture[0].pth'; did you mean 'data.mixture[0].path'?"),
+    ],
+)
+def test_unknown_key_suggests_a_close_one(override, message):
+    with pytest.raises(ConfigError) as e:
+        from_overrides(override)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochs=fast", "config key 'train.epochs': expected a number, got 'fast'"),
+        ("data.max_seq_len=1.5", "config key 'data.max_seq_len': expected an integer, got 1.5"),
+        ("data.packing=maybe", "config key 'data.packing': expected true or false, got 'maybe'"),
+        ("train.zero_stage=1", "config key 'train.zero_stage': 1 is not allowed; expected one of 2, 3"),
+        ("train.scheduler=cosin", "expected one of 'cosine', 'linear', 'constant' (did you mean 'cosine'?)"),
+        ("train.adam_betas=0.9", "config key 'train.adam_betas': expected a list, got 0.9"),
+        ("train.adam_betas=[0.9, x]", "config key 'train.adam_betas[1]': expected a number, got 'x'"),
+        ("train.lr=[1e-4, fast]", "config key 'train.lr': expected a number or a list, got"),
+        ("data=3", "config key 'data': expected a mapping, got 3"),
+        ("model.name_or_path=123", "config key 'model.name_or_path': expected a string, got 123"),
+        ("train.lr.x=1", "config key 'train.lr'"),
+    ],
+)
+def test_type_errors_name_key_value_and_expectation(override, message):
+    with pytest.raises(ConfigError) as e:
+        from_overrides(override)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("x", "override 'x': expected KEY=VALUE"),
+        ("=3", "the key must be dotted names"),
+        ("a..b=3", "the key must be dotted names"),
+        ("train.lr=[1", "value is not valid YAML"),
+    ],
+)
+def test_malformed_overrides(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        from_overrides(override)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.offload=all"],
+         "config key 'train.offload': 'all' offloads parameters, which needs train.zero_stage: 3"),
+        (["template.train=chat:lama"], "config key 'template.train': unknown template 'chat:lama'"),
+        (["template.test=[chat:llama, foo]"], "config key 'template.test': unknown template 'foo'"),
+        (["lookahead.mode=reel"], "config key 'lookahead.mode': 'reel' is not one of none, real, virtual"),
+        (["eval.gates={advbench.keyword_asr: about 5%}"],
+         "config key 'eval.gates.advbench.keyword_asr': 'about 5%': expected a comparison such as '<= 0.05'"),
+        (["eval.gates={advbench.keyword_asr: <= 1.2.3}"], "'<= 1.2.3': expected a comparison"),
+        (["train.lr=2"], "config key 'train.lr': 2.0: expected a learning rate in (0, 1)"),
+        (["data.mixture=[{weight: 1}]"], "config key 'data.mixture[0]': needs a 'path' or a 'preset'"),
+        (["train.deepspeed_config=/nonexistent/ds.json"], "config key 'train.deepspeed_config'"),
+    ],
+)
+def test_cross_field_validation(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        from_overrides(*overrides)
+    assert message in str(e.value)
+
+
+def test_valid_cross_field_combinations_pass():
+    cfg = from_overrides("train.offload=all", "train.zero_stage=3", "eval.gates={a.b: '>= 1e-3', c.d: '< .5'}",
+                         "template.train=gsm:chat:vanilla", "template.test=[chat-template:llama2]")
+    assert cfg.train.offload == "all"
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        from_overrides("train.offload=all", "lookahead.mode=reel", "template.train=nope")
+    msg = str(e.value)
+    assert "train.offload" in msg and "lookahead.mode" in msg and "template.train" in msg
+
+
+# --- files and bases ------------------------------------------------------------------------------
+
+
+def test_base_inheritance_merges_sections(tmp_path):
+    write(tmp_path, "base.yaml", "train: {lr: 1e-4, epochs: 6}\ndata: {max_seq_len: 512, seed: 1}\n")
+    write(tmp_path, "more.yaml", "base: base.yaml\ndata: {seed: 2}\neval: {max_new_tokens: 64}\n")
+    (tmp_path / "sub").mkdir()
+    child = write(tmp_path, "sub/child.yaml", "base: [../base.yaml, ../more.yaml]\ntrain: {epochs: 3}\n")
+    cfg = load_config(child, ["data.max_seq_len=1024"])
+    assert cfg.train.lr == 1e-4 and cfg.train.epochs == 3.0  # child over base, sibling keys kept
+    assert cfg.data.seed == 2 and cfg.eval.max_new_tokens == 64  # later bases over earlier ones
+    assert cfg.data.max_seq_len == 1024  # --set over everything
+    assert cfg.output.name == "child"
+
+
+def test_base_cycle_and_missing_base(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        load_config(str(tmp_path / "a.yaml"))
+    with pytest.raises(ConfigError, match=r"missing\.yaml' does not exist"):
+        load_config(write(tmp_path, "c.yaml", "base: missing.yaml\n"))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(write(tmp_path, "bad.yaml", "train: [1\n"))
+    with pytest.raises(ConfigError, match="expected a mapping at the top level, got list"):
+        load_config(write(tmp_path, "list.yaml", "- 1\n"))
+    assert load_config(write(tmp_path, "empty.yaml", "")) == config_from_dict({}, name="empty")
+
+
+# --- grids ----------------------------------------------------------------------------------------
+
+
+def test_grid_expansion_is_the_product_of_axes():
+    cfg = from_overrides("train.lr=[1e-4, 2e-5]", "train.seed=[1, 2, 3]", "template.train=[chat:vanilla, chat:llama]",
+                         "template.test=[chat:llama, chat:vanilla]", "lookahead.mode=[none]")
+    axes = cfg.grid_axes()
+    assert list(axes) == ["template.train", "train.lr", "train.seed"]  # schema order; test templates are no axis
+    runs = cfg.expand()
+    assert len(runs) == 12
+    points = [p for p, _ in runs]
+    assert len({tuple(sorted(p.items())) for p in points}) == 12
+    for point, run in runs:
+        assert run.template.train == point["template.train"] and run.train.lr == point["train.lr"]
+        assert run.train.seed == point["train.seed"]
+        assert run.lookahead.mode == "none"  # a one-element list is a single value
+        assert run.test_templates == ["chat:llama", "chat:vanilla"]
+        assert run.grid_axes() == {} and run.single("train") == run
+    assert cfg.train.lr == [1e-4, 2e-5]  # expanding does not modify the grid config
+
+
+def test_single_rejects_a_grid():
+    cfg = from_overrides("train.seed=[1, 2]")
+    with pytest.raises(ConfigError) as e:
+        cfg.single("train")
+    msg = str(e.value)
+    assert "config key 'train.seed' lists 2 values [1, 2]" in msg and "safeft sweep" in msg
+    assert "--set train.seed=<one value>" in msg
+
+
+def test_single_without_grid_is_the_config():
+    cfg = from_overrides("train.lr=[3e-4]")
+    assert cfg.single("train").train.lr == 3e-4

@@ -1,0 +1,139 @@
+"""Ray Train plumbing: `ray job submit ... python -m safeft.launch train`, fault tolerance, checks.
+
+The job tests use a real `ray start --head` cluster (one per module). Training runs either the real
+trainer (`safeft.train.run`, when importable) or `ray_standin.train`, which has the trainer's contract
+(hooks, resume_from, export) and the real sampler schedule but no model, so the Ray side is exercised in
+seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import REPO
+from safeft.config import config_from_dict
+from safeft.errors import ConfigError
+from safeft.ray_train import ray_run_name, restored_step, trim_consumed_log
+
+TESTS = str(REPO / "tests")
+STANDIN_ENV = {"SAFEFT_TRAIN_FN": "ray_standin:train", "PYTHONPATH": f"{TESTS}:{REPO}"}
+
+
+def _write_config(tmp_path: Path, name: str, **sections) -> str:
+    data = {"model": {"name_or_path": "standin"}, "output": {"dir": str(tmp_path / "runs"), "name": name},
+            "ray": {"num_workers": 2, "cpus_per_worker": 1}}
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _consumed(run_dir: Path) -> collections.Counter:
+    rows = collections.Counter()
+    for f in run_dir.glob("logs/consumed-rank*.jsonl"):
+        for line in f.read_text().splitlines():
+            rows.update(json.loads(line)["rows"])
+    return rows
+
+
+# --- unit: no cluster -------------------------------------------------------------------------------
+
+
+def test_run_name_is_filesystem_safe():
+    cfg = config_from_dict({"output": {"name": "ptst/train=chat-vanilla,lookahead=virtual"}})
+    assert ray_run_name(cfg) == "ptst--train=chat-vanilla,lookahead=virtual"
+
+
+def test_trim_consumed_log_drops_steps_after_restore(tmp_path):
+    log = tmp_path / "consumed-rank0.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "rows": [s]}) + "\n" for s in range(1, 6)))
+    trim_consumed_log(str(log), restored_step(str(tmp_path / "step-00000003")))
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3]
+    assert restored_step(None) == 0
+
+
+def test_bad_config_rejected_before_any_worker(tmp_path, capsys):
+    from safeft.launch import main
+
+    cfg = _write_config(tmp_path, "bad", ray={"num_workers": 0})
+    assert main(["train", cfg]) == 2
+    assert "ray.num_workers" in capsys.readouterr().err
+
+
+def test_grid_config_rejected_by_train(tmp_path):
+    from safeft.ray_train import check_before_workers
+
+    cfg = config_from_dict({"train": {"lr": [1e-4, 2e-5]}})
+    with pytest.raises(ConfigError, match="train.lr"):
+        check_before_workers(cfg)
+
+
+# --- a real cluster -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray_cluster import RayCluster
+
+    c = RayCluster(num_cpus=2)
+    yield c
+    c.stop()
+
+
+@pytest.mark.slow
+def test_job_submit_trains_to_export(cluster, tmp_path):
+    cfg = _write_config(tmp_path, "job", train={"save_steps": 4})
+    proc = cluster.submit(["train", cfg], "safeft-job-standin", env_vars=STANDIN_ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert cluster.job_status("safeft-job-standin") == "SUCCEEDED"
+    run_dir = tmp_path / "runs" / "job"
+    export = json.loads((run_dir / "export" / "safeft_run.json").read_text())
+    assert export["world_size"] == 2 and export["steps"] == 12  # 24 rows / (2 ranks x 1 x 1)
+    assert sorted((run_dir / "ray" / "job").glob("step-*"))[-1].name == "step-00000012"
+    assert set(_consumed(run_dir).values()) == {1} and len(_consumed(run_dir)) == 24
+
+
+@pytest.mark.slow
+def test_worker_killed_after_checkpoint_resumes_without_repeats(cluster, tmp_path):
+    cfg = _write_config(tmp_path, "fault", train={"save_steps": 3}, ray={"max_failures": 1})
+    run_dir = tmp_path / "runs" / "fault"
+    env = {**STANDIN_ENV, "STANDIN_STEP_SECONDS": "1.0"}
+    import subprocess
+    import sys
+
+    from ray_cluster import RAY_BIN
+
+    cmd = [RAY_BIN, "job", "submit", "--no-wait", "--address", cluster.address, "--submission-id", "safeft-fault",
+           "--working-dir", str(REPO), "--runtime-env-json",
+           json.dumps({"excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"], "env_vars": env}),
+           "--", sys.executable, "-m", "safeft.launch", "train", cfg]
+    subprocess.run(cmd, env=cluster.env, check=True, capture_output=True, timeout=120)
+    first_ckpt = run_dir / "ray" / "fault" / "step-00000003"
+    _wait_for(lambda: first_ckpt.is_dir(), 300, "first reported checkpoint")
+    pid_file = run_dir / "logs" / "pids" / "rank1.pid"
+    victim = int(pid_file.read_text())
+    os.kill(victim, signal.SIGKILL)
+    _wait_for(lambda: cluster.job_status("safeft-fault") in ("SUCCEEDED", "FAILED", "STOPPED"), 400, "job end")
+    assert cluster.job_status("safeft-fault") == "SUCCEEDED"
+    assert int(pid_file.read_text()) != victim, "the worker group was not restarted"
+    consumed = _consumed(run_dir)
+    assert sorted(consumed) == list(range(24)) and set(consumed.values()) == {1}, consumed
+    assert json.loads((run_dir / "export" / "safeft_run.json").read_text())["steps"] == 12
+
+
+def _wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,0 +1,213 @@
+"""The DeepSpeed trainer: rank/accumulation equivalence under ZeRO-2 and ZeRO-3, exact resume, export, NaN stop.
+
+The multi-process runs are shared by several tests through module fixtures: a 1-rank run with gradient
+accumulation 2 is the reference; 2 ranks with different data per rank must give the same losses and weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import REPO, cpu_env
+
+STEPS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], world: int, timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """Run `python ARGS` as `world` ranks on localhost (gloo); returns each rank's completed process."""
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=cpu_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
+                                                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+             for r in range(world)]
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=timeout)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout))
+    return out
+
+
+def write_config(path, model_dir, data_cache, out_dir, name, **train) -> str:
+    cfg = {
+        "model": {"name_or_path": str(model_dir), "dtype": "float32"},
+        "data": {"preset": "synthetic", "limit": 64, "max_seq_len": 160, "num_proc": 1,
+                 "cache_dir": str(data_cache), "seed": 7},
+        "template": {"train": "chat:vanilla", "test": ["chat:llama"]},
+        "train": {"max_steps": STEPS, "save_steps": 2, "keep_last": 3, "lr": 1e-3, "scheduler": "cosine",
+                  "warmup_steps": 1, "precision": "fp32", "micro_batch_size": 1, "adam_betas": [0.5, 0.999],
+                  **train},
+        "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
+    }
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
+
+
+def train_ok(cfg_path: str, world: int, extra: tuple = ()) -> None:
+    results = launch(["-m", "safeft.train", cfg_path, *extra], world)
+    for r in results:
+        assert r.returncode == 0, r.stdout[-4000:]
+
+
+def losses(run_dir) -> dict[int, float]:
+    """step -> loss; a step logged twice (run resumed) keeps its last value."""
+    out = {}
+    with open(os.path.join(run_dir, "logs", "metrics.jsonl")) as f:
+        for line in f:
+            m = json.loads(line)
+            out[m["step"]] = m["loss"]
+    return out
+
+
+def export_weights(run_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(run_dir, "export", "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """Reference (1 rank, accumulation 2), then 2 ranks under ZeRO-2 and ZeRO-3 on the same data."""
+    base = tmp_path_factory.mktemp("train")
+    cache, out = base / "data", base / "runs"
+    cfgs = {
+        "ref": write_config(base / "ref.yaml", tiny_model_dir, cache, out, "ref", gradient_accumulation_steps=2),
+        "z2": write_config(base / "z2.yaml", tiny_model_dir, cache, out, "z2", zero_stage=2),
+        "z3": write_config(base / "z3.yaml", tiny_model_dir, cache, out, "z3", zero_stage=3),
+    }
+    train_ok(cfgs["ref"], 1)
+    train_ok(cfgs["z2"], 2)
+    train_ok(cfgs["z3"], 2)
+    return {"base": base, "cfgs": cfgs, **{k: out / k for k in cfgs}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["z2", "z3"])
+def test_two_ranks_equal_one_rank_with_accumulation(runs, stage):
+    import torch
+
+    ref, got = losses(runs["ref"]), losses(runs[stage])
+    assert sorted(ref) == list(range(1, STEPS + 1)) == sorted(got)
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], abs=1e-4), (step, got, ref)
+    assert ref[STEPS] < ref[1]  # it learns: the comparison is not between two untrained models
+    w_ref, w_got = export_weights(runs["ref"]), export_weights(runs[stage])
+    assert w_ref.keys() == w_got.keys()
+    for k in w_ref:
+        torch.testing.assert_close(w_got[k], w_ref[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_export_reloads_with_the_trained_weights(runs, tmp_path):
+    """The export equals the engine's final fp32 weights (from the checkpoint), logits and all; offline too."""
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoModelForCausalLM
+
+    run_dir = runs["ref"]
+    record = json.load(open(run_dir / "export" / "safeft_run.json"))
+    assert record["train_template"] == "chat:vanilla" and record["test_template"] == "chat:llama"
+    assert record["step"] == STEPS and record["data_fingerprint"] and record["config"]["train"]["zero_stage"] == 2
+    exported = AutoModelForCausalLM.from_pretrained(run_dir / "export", dtype=torch.float32).eval()
+    engine_state = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"))
+    trained = AutoModelForCausalLM.from_pretrained(run_dir / "export", dtype=torch.float32).eval()
+    trained.load_state_dict({k.removeprefix("model."): v for k, v in engine_state.items()})
+    base = AutoModelForCausalLM.from_pretrained(json.load(open(run_dir / "checkpoints" / "safeft_run.json"))
+                                                ["base_model"], dtype=torch.float32).eval()
+    ids = torch.arange(5, 45)[None]
+    with torch.no_grad():
+        got, want, before = (m(ids).logits for m in (exported, trained, base))
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert (got - before).abs().max() > 1e-3  # training changed the model
+
+    from safeft.cli import main
+
+    assert main(["export", str(run_dir / "checkpoints"), str(tmp_path / "offline"), "--dtype", "float32"]) == 0
+    from safetensors.torch import load_file
+
+    offline = load_file(tmp_path / "offline" / "model.safetensors")
+    for k, v in export_weights(run_dir).items():
+        torch.testing.assert_close(offline[k], v, atol=0, rtol=0, msg=k)
+    assert json.load(open(tmp_path / "offline" / "safeft_run.json"))["step"] == STEPS
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(runs):
+    """Interrupted after the step-2 checkpoint (the state a crash leaves), resumed: same losses and weights."""
+    import torch
+
+    resumed = runs["base"] / "runs" / "resumed"
+    shutil.copytree(runs["ref"], resumed)
+    ckpts = resumed / "checkpoints"
+    shutil.rmtree(ckpts / "step00000004")
+    shutil.rmtree(resumed / "export")
+    (ckpts / "latest").write_text("step00000002")
+    with open(resumed / "logs" / "metrics.jsonl") as f:
+        kept = [line for line in f if json.loads(line)["step"] <= 2]
+    (resumed / "logs" / "metrics.jsonl").write_text("".join(kept))
+    cfg = yaml.safe_load(open(runs["cfgs"]["ref"]))
+    cfg["output"]["name"] = "resumed"
+    path = runs["base"] / "resumed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    results = launch(["-m", "safeft.train", str(path), "--resume"], 1)
+    assert results[0].returncode == 0, results[0].stdout[-4000:]
+    assert "resumed from" in results[0].stdout and "step 2" in results[0].stdout
+    ref, got = losses(runs["ref"]), losses(resumed)
+    for step in (3, 4):
+        assert got[step] == pytest.approx(ref[step], abs=1e-6)
+    w_ref, w_got = export_weights(runs["ref"]), export_weights(resumed)
+    for k in w_ref:
+        torch.testing.assert_close(w_got[k], w_ref[k], atol=1e-6, rtol=0, msg=k)
+
+
+NAN_SCRIPT = """
+import sys
+import torch
+from safeft.config import load_config
+from safeft.errors import SafeftError
+from safeft.loss import CausalLMWithLoss
+from safeft.train import run
+
+calls = {"n": 0}
+forward = CausalLMWithLoss.forward
+def poisoned(self, *a, **k):
+    calls["n"] += 1
+    loss, n = forward(self, *a, **k)
+    return (loss * float("nan"), n) if calls["n"] == 3 else (loss, n)
+CausalLMWithLoss.forward = poisoned
+try:
+    run(load_config(sys.argv[1]))
+except SafeftError as e:
+    print("STOPPED:", e)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model_dir):
+    """The 3rd micro-step (step 2) returns NaN: the run stops before its optimizer step, step 1 stays latest."""
+    cfg = write_config(tmp_path / "nan.yaml", tiny_model_dir, tmp_path / "data", tmp_path / "runs", "nan",
+                       gradient_accumulation_steps=2, save_steps=1)
+    script = tmp_path / "nan_run.py"
+    script.write_text(NAN_SCRIPT)
+    result = launch([str(script), cfg], 1)[0]
+    assert result.returncode == 3, result.stdout[-4000:]
+    assert "STOPPED: loss is nan at step 2" in result.stdout
+    ckpts = tmp_path / "runs" / "nan" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step00000001"
+    assert not (ckpts / "step00000002").exists() and not (tmp_path / "runs" / "nan" / "export").exists()
+    assert json.load(open(ckpts / "step00000001" / "safeft_state.json"))["step"] == 1

@@ -1,0 +1,131 @@
+"""Trainer pieces that need no process group: config checks, DeepSpeed JSON resolution, schedule, loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safeft.config import config_from_dict
+from safeft.distributed import build_ds_config, check_train_config
+from safeft.errors import ConfigError
+from safeft.train.schedule import lr_factor
+
+from helpers import REPO
+
+
+def cfg(**train):
+    return config_from_dict({"model": {"name_or_path": "x"}, "train": train})
+
+
+def test_global_batch_must_multiply_out():
+    check_train_config(cfg(micro_batch_size=2, gradient_accumulation_steps=4, global_batch_size=64), 8)
+    with pytest.raises(ConfigError, match=r"global_batch_size.*64 != micro_batch_size 2 x .* 4 x 4 processes = 32"):
+        check_train_config(cfg(micro_batch_size=2, gradient_accumulation_steps=4, global_batch_size=64), 4)
+
+
+def test_bf16_on_a_device_without_it_is_rejected():
+    with pytest.raises(ConfigError, match="train.precision.*bf16"):
+        check_train_config(cfg(precision="bf16"), 1, has_bf16=False)
+    ds = check_train_config(cfg(precision="auto"), 1, has_bf16=False)
+    assert ds["bf16"]["enabled"] is False
+
+
+def test_offload_all_needs_zero3():
+    with pytest.raises(ConfigError, match="zero_stage: 3"):
+        cfg(offload="all", zero_stage=2)
+
+
+def test_typed_ds_config():
+    ds = build_ds_config(cfg(micro_batch_size=2, gradient_accumulation_steps=3, zero_stage=3, offload="optimizer",
+                             lr=2e-5, adam_betas=[0.5, 0.999], max_grad_norm=0.5), 4, bf16=True, cpu=False)
+    assert ds["train_batch_size"] == 24 and ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "offload_param" not in ds["zero_optimization"]
+    assert ds["optimizer"]["params"]["betas"] == [0.5, 0.999] and ds["optimizer"]["params"]["lr"] == 2e-5
+
+
+@pytest.mark.parametrize("name,stage,offload", [("zero2", 2, "none"), ("zero3", 3, "none"),
+                                                ("zero3_offload", 3, "all")])
+def test_shipped_json_resolves_auto(name, stage, offload):
+    path = str(REPO / "configs" / "deepspeed" / f"{name}.json")
+    ds = build_ds_config(cfg(deepspeed_config=path, zero_stage=stage, offload=offload, micro_batch_size=2,
+                             gradient_accumulation_steps=2, lr=1e-4), 2, bf16=True, cpu=False)
+    assert "auto" not in json.dumps(ds)
+    assert ds["train_batch_size"] == 8 and ds["optimizer"]["params"]["lr"] == 1e-4 and ds["bf16"]["enabled"]
+    assert ds["zero_optimization"]["stage"] == stage
+
+
+def test_json_contradicting_the_config_is_rejected(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3},
+                                "scheduler": {"type": "WarmupLR"}}))
+    with pytest.raises(ConfigError) as e:
+        build_ds_config(cfg(deepspeed_config=str(path), zero_stage=2), 1, bf16=False, cpu=True)
+    msg = str(e.value)
+    assert str(path) in msg and "train_micro_batch_size_per_gpu=4" in msg and "stage=3" in msg and "scheduler" in msg
+    path.write_text('{"zero_optimization": {"stage": 2,}}')
+    with pytest.raises(ConfigError, match=r"ds.json:1:\d+: not valid JSON"):
+        build_ds_config(cfg(deepspeed_config=str(path)), 1, bf16=False, cpu=True)
+
+
+def test_schedule():
+    assert [lr_factor(s, 10, 2, "constant") for s in range(3)] == [0.5, 1.0, 1.0]
+    assert lr_factor(2, 10, 2, "cosine") == 1.0 and lr_factor(10, 10, 2, "cosine") == pytest.approx(0.0)
+    assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5) and lr_factor(6, 10, 2, "linear") == pytest.approx(0.5)
+
+
+def _docs(tokenizer):
+    from safeft.data.pack import build_row
+    from safeft.data.tokenize import encode_single_batch
+    from safeft.templates import get_template
+
+    enc = encode_single_batch(get_template("chat:vanilla"), tokenizer, ["What is 2+3?", "Add 10 and 7."],
+                              ["2+3=5\n#### 5", "10+7=17\n#### 17"])
+    docs = [(e.input_ids, e.labels) for e in enc]
+    return docs, build_row(docs)
+
+
+def test_packed_loss_equals_per_document_loss(tiny_model_dir, tokenizer):
+    """Packed rows must not attend across documents (position_ids + attention_mask None + no cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from safeft.data.pack import PackedCollator
+    from safeft.loss import CausalLMWithLoss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    wrapped = CausalLMWithLoss(model).eval()
+    docs, row = _docs(tokenizer)
+    batch = PackedCollator(tokenizer.pad_token_id)([row, None])  # a padding slot adds no loss
+    with torch.no_grad():
+        packed, n_packed = wrapped(batch["input_ids"], batch["position_ids"], batch["labels"])
+        want, n_want = 0.0, 0
+        for ids, labels in docs:
+            labels = torch.tensor([-100] + labels[1:])[None]
+            out = model(torch.tensor(ids)[None], labels=labels, use_cache=False)  # HF mean over its targets
+            n = int((labels[:, 1:] != -100).sum())
+            want, n_want = want + out.loss * n, n_want + n
+        weighted, _ = wrapped(batch["input_ids"], batch["position_ids"], batch["labels"],
+                              token_weights=torch.full(batch["labels"].shape, 0.5))
+    assert int(n_packed) == n_want
+    torch.testing.assert_close(packed, want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(weighted, packed * 0.5)
+
+
+def test_fused_loss_matches_standard(tiny_model_dir, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    pytest.importorskip("safeft.kernels")
+    from safeft.kernels import fused_linear_cross_entropy  # noqa: F401
+    from safeft.data.pack import PackedCollator
+    from safeft.loss import CausalLMWithLoss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    _, row = _docs(tokenizer)
+    batch = PackedCollator(tokenizer.pad_token_id)([row])
+    std = CausalLMWithLoss(model, "standard")(batch["input_ids"], batch["position_ids"], batch["labels"])
+    fused = CausalLMWithLoss(model, "fused")(batch["input_ids"], batch["position_ids"], batch["labels"])
+    torch.testing.assert_close(fused[0], std[0], atol=1e-3, rtol=1e-4)
+    assert int(fused[1]) == int(std[1])
