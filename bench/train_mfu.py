@@ -30,12 +30,6 @@ MODELS = {  # Llama-architecture shapes; vocab 32000 like Llama-2
 }
 
 
-def doc_lengths(n: int, seed: int, smoke: bool) -> list[int]:
-    from tests_helpers_path import gsm8k_train  # noqa: F401  (resolved below)
-
-    raise NotImplementedError
-
-
 def gsm8k_lengths(n: int, seed: int, scale: float) -> list[int]:
     """Token lengths of n GSM8K-like documents (prompt + answer), scaled for the smoke model."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "gsm8k",
@@ -143,8 +137,8 @@ def bench_model(key: str, args, device, dtype, peak) -> list[dict]:
     for variant in ("padded+sdpa", "packed+varlen"):
         attn = "sdpa" if variant.startswith("padded") else select_attention("auto", device.type)
         model = build_model(shape, vocab, device, dtype, attn)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}) \
-            if args.grad_checkpointing else None
+        if args.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         wrapped = CausalLMWithLoss(model)
         n_params = sum(p.numel() for p in model.parameters())
         batches = (padded_batches(lengths, args.padded_batch, vocab, args.seed) if variant.startswith("padded")

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "safeft.commands.data",
     "safeft.commands.sweep",
     "safeft.commands.train",
+    "safeft.commands.demo",
 ]
 
 

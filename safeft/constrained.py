@@ -218,3 +218,20 @@ __all__ = [
     "compute_reference_logprobs", "gather_reference_logprobs", "reference_key", "reference_path",
     "ensure_reference_logprobs", "attach_reference_logprobs", "ConstrainedCollator",
 ]
+
+
+def reference_loader(cfg: Any, hf_model: Any, rows: Any, prepared: Any, env: Any, pad_token_id: int, sampler: Any,
+                     dtype: Any) -> Any:
+    """The trainer's DataLoader for train.method 'constrained': rows with ref_logp, ConstrainedCollator.
+
+    Call after deepspeed.initialize (under ZeRO-3 the engine's hooks then gather the weights in hf_model's
+    forward), before the first step: hf_model is still the model before fine-tuning.
+    """
+    from safeft.data.pack import PackedCollator, PackedRows
+
+    key = reference_key(str(cfg.model.name_or_path) + f"@{cfg.model.revision}", prepared.fingerprint, dtype)
+    path = ensure_reference_logprobs(hf_model, rows, prepared.path, key, cfg.train.micro_batch_size, pad_token_id,
+                                     env.rank, env.world_size)
+    with_ref = attach_reference_logprobs(rows, path)
+    return torch.utils.data.DataLoader(PackedRows(with_ref), batch_sampler=sampler,
+                                       collate_fn=ConstrainedCollator(PackedCollator(pad_token_id)), num_workers=0)

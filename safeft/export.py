@@ -71,37 +71,42 @@ def export_from_engine(engine, hf_model, tokenizer, out_dir: str, record: dict, 
         state = engine.module.state_dict() if rank == 0 else None
     if rank != 0:
         return None
-    state = {k: v.detach().to("cpu", dtype) for k, v in _strip(state).items()}
-    _write_hf_dir(out_dir, hf_model.config, tokenizer, state, record, dtype)
+    state = {k: _own_storage(v.detach().to("cpu", dtype)) for k, v in _strip(state).items()}
+    _write_hf_dir(out_dir, hf_model.config, tokenizer, state, record, dtype, _parameter_names(hf_model))
     return out_dir
 
 
-def _write_hf_dir(out_dir: str, config, tokenizer, state: dict, record: dict, dtype) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
+def _own_storage(t):
+    """ZeRO-2 parameters are views into one flat buffer; safetensors needs each tensor to own its storage."""
+    return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
 
+
+def _write_hf_dir(out_dir: str, config, tokenizer, state: dict, record: dict, dtype, expected: set) -> None:
+    """Write safetensors shards + config without building a model (under ZeRO-3 that would be a collective)."""
+    from huggingface_hub import save_torch_state_dict
+
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+        expected = expected - {"lm_head.weight"}
+    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+    if missing or unexpected:
+        raise SafeftError(f"export: weights do not match {config.architectures}: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
     config = config.__class__.from_dict(config.to_dict())
     config.use_cache = True  # inference default
     config.dtype = dtype
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not _is_tied(model, k)]
-    if missing or unexpected:
-        raise SafeftError(f"export: state dict does not match {config.architectures}: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
     with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        tmp.mkdir()
+        save_torch_state_dict(state, tmp, max_shard_size="5GB", metadata={"format": "pt"})
+        config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(os.path.join(tmp, "safeft_run.json"), record)
     log.info("exported %s (%s)", out_dir, dtype)
 
 
-def _is_tied(model, key: str) -> bool:
-    return bool(getattr(model.config, "tie_word_embeddings", False)) and key.endswith("lm_head.weight")
+def _parameter_names(model) -> set:
+    return {n for n, _ in model.named_parameters()}
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16") -> str:
@@ -126,5 +131,9 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16") ->
     state = get_fp32_state_dict_from_zero_checkpoint(root, tag)
     torch_dtype = getattr(torch, dtype)
     state = {k: v.to(torch_dtype) for k, v in _strip(state).items()}
-    _write_hf_dir(out_dir, config, tokenizer, state, record, torch_dtype)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        names = _parameter_names(AutoModelForCausalLM.from_config(config))
+    _write_hf_dir(out_dir, config, tokenizer, state, record, torch_dtype, names)
     return out_dir

@@ -17,12 +17,14 @@ from safeft.data.tokenize import IGNORE_INDEX
 
 
 class CausalLMWithLoss(nn.Module):
-    def __init__(self, model: nn.Module, loss: str = "standard", zero_stage: int = 2):
+    def __init__(self, model: nn.Module, loss: str = "standard", zero_stage: int = 2,
+                 constrained: Optional[tuple[list[float], float]] = None):
         super().__init__()
         if loss not in ("standard", "fused"):
             raise ValueError(f"loss {loss!r}: expected 'standard' or 'fused'")
         self.model = model
         self.loss = loss
+        self.constrained = constrained  # (betas, beta_rest) for train.method: constrained (safeft/constrained.py)
         if loss == "fused" and zero_stage == 3:
             import deepspeed
 
@@ -38,8 +40,10 @@ class CausalLMWithLoss(nn.Module):
         return getattr(self.model, self.model.base_model_prefix)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor,
-                token_weights: Optional[torch.Tensor] = None, **varlen_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids/position_ids/labels [B, T] (labels unshifted, -100 = no loss); token_weights [B, T] or None.
+                token_weights: Optional[torch.Tensor] = None, ref_logp: Optional[torch.Tensor] = None,
+                **varlen_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids/position_ids/labels [B, T] (labels unshifted, -100 = no loss); token_weights [B, T] or None;
+        ref_logp [B, T]: the reference model's label log-probs, needed when self.constrained is set.
 
         Returns (summed weighted token loss [], number of label tokens []).
         """
@@ -49,6 +53,8 @@ class CausalLMWithLoss(nn.Module):
         targets = labels[:, 1:]  # [B, T-1]
         weights = token_weights[:, 1:] if token_weights is not None else None
         n_tokens = (targets != IGNORE_INDEX).sum()
+        if self.constrained is not None:
+            return self._constrained_loss(hidden, input_ids, position_ids, labels, ref_logp, weights), n_tokens
         if self.loss == "fused":
             from safeft.kernels import fused_linear_cross_entropy
 
@@ -63,3 +69,27 @@ class CausalLMWithLoss(nn.Module):
         if weights is not None:
             per_token = per_token * weights.reshape(-1).to(per_token.dtype)
         return per_token.sum(), n_tokens
+
+    def _constrained_loss(self, hidden, input_ids, position_ids, labels, ref_logp, weights) -> torch.Tensor:
+        """sum(w * CE) with w = the token-wise constrained SFT weights (times token_weights, if any)."""
+        from safeft.constrained import constrained_token_weights
+
+        if ref_logp is None:
+            raise ValueError("train.method 'constrained' needs ref_logp in every batch (ConstrainedCollator)")
+        targets = labels[:, 1:]  # [B, T-1]
+        if self.loss == "fused":
+            from safeft.kernels import fused_linear_cross_entropy
+
+            per_token = fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, ignore_index=IGNORE_INDEX,
+                                                   reduction="none")  # [B, T-1], differentiable
+        else:
+            logits = self.lm_head(hidden).float()  # [B, T-1, V]
+            per_token = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                                                    reduction="none")  # [B, T-1]
+        logp = nn.functional.pad(-per_token.detach(), (1, 0))  # [B, T], aligned with labels
+        betas, beta_rest = self.constrained
+        batch = {"labels": labels, "position_ids": position_ids, "ref_logp": ref_logp}
+        w = constrained_token_weights(batch, logp, betas, beta_rest)[:, 1:]  # [B, T-1]
+        if weights is not None:
+            w = w * weights.float()
+        return (w * per_token).sum()

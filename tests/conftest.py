@@ -25,3 +25,11 @@ def tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """The tiny model briefly trained for large greedy margins (evaluator equality tests)."""
+    from helpers import sharp_tiny_model_dir
+
+    return sharp_tiny_model_dir(tiny_model_dir, str(tmp_path_factory.mktemp("sharp") / "model"))

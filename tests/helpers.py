@@ -44,7 +44,7 @@ def torch_linear_ce(hidden, weight, labels, token_weights=None, reduction="sum",
     return total / (labels != ignore_index).sum().clamp(min=1) if reduction == "mean" else total
 
 
-def sharp_tiny_model_dir(base_dir: str, out_dir: str, steps: int = 150) -> str:
+def sharp_tiny_model_dir(base_dir: str, out_dir: str, steps: int = 60) -> str:
     """The tiny model trained briefly to answer refusals / '#### 4', so greedy argmax margins are large
     and batching cannot flip a token (evaluator sharding and engine-agreement tests). Cached in out_dir."""
     if os.path.isfile(os.path.join(out_dir, "config.json")):
@@ -71,7 +71,7 @@ def sharp_tiny_model_dir(base_dir: str, out_dir: str, steps: int = 150) -> str:
     torch.manual_seed(0)
     model.train()
     for _ in range(steps):
-        pick = torch.randint(0, len(rows), (16,))
+        pick = torch.randint(0, len(rows), (8,))
         loss = model(input_ids=ids[pick], labels=labels[pick]).loss
         opt.zero_grad()
         loss.backward()

@@ -84,7 +84,7 @@ class RayCluster:
         out = subprocess.run([RAY_BIN, "job", "status", "--address", self.address, submission_id],
                              env=self.env, capture_output=True, text=True, timeout=60).stdout
         for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-            if status in out:
+            if status in out or f"' {status.lower()}" in out:  # "status: SUCCEEDED" or "Job 'x' succeeded"
                 return status
         return out
 
@@ -92,7 +92,11 @@ class RayCluster:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)  # our own session: `ray start` and what it spawned
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                pass
+        try:  # whatever of the group is left (gcs_server may ignore SIGTERM while shutting down)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.log.close()

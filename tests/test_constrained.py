@@ -157,3 +157,39 @@ def test_reference_set_must_match_packed_rows(tiny_model, tmp_path):
     path = ensure_reference_logprobs(tiny_model, ds, str(tmp_path / "packed"), "k1")
     with pytest.raises(DataError, match="delete that directory"):
         attach_reference_logprobs(ds.select([0, 1]), path)
+
+
+@pytest.mark.parametrize("loss", ["standard", "fused"])
+def test_causal_lm_with_loss_constrained_step0(tiny_model, loss):
+    """CausalLMWithLoss with constrained betas and the reference log-probs of the same model == plain SFT."""
+    from safeft.loss import CausalLMWithLoss
+
+    rows = _packed_rows(tiny_model.config.vocab_size, seed=2)
+    ref = compute_reference_logprobs(tiny_model, rows, batch_size=3, progress=False)
+    batch = ConstrainedCollator(PackedCollator(0))([dict(r, ref_logp=ref[i]) for i, r in enumerate(rows)])
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "labels")}
+    plain, n = CausalLMWithLoss(tiny_model, loss)(**inputs)
+    constrained, n2 = CausalLMWithLoss(tiny_model, loss, constrained=([0.5, 2.0], 0.1))(**inputs,
+                                                                                       ref_logp=batch["ref_logp"])
+    assert n == n2
+    torch.testing.assert_close(constrained, plain, rtol=1e-5, atol=1e-5)
+    lowered, _ = CausalLMWithLoss(tiny_model, loss, constrained=([0.5, 2.0], 0.1))(
+        **inputs, ref_logp=batch["ref_logp"] - 1.0)  # policy above the reference: weights < 1
+    assert lowered < plain
+    with pytest.raises(ValueError, match="needs ref_logp"):
+        CausalLMWithLoss(tiny_model, loss, constrained=([0.5], 0.1))(**inputs)
+
+
+@pytest.mark.slow
+def test_trainer_constrained_first_step_equals_sft(tmp_path, tiny_model_dir):
+    """`train.method: constrained` end to end (1 rank): step 1's loss equals SFT's (policy == reference)."""
+    from test_train import losses, train_ok, write_config
+
+    runs = {}
+    for method in ("sft", "constrained"):
+        cfg = write_config(tmp_path / f"{method}.yaml", tiny_model_dir, tmp_path / "data", tmp_path / "runs", method,
+                           method=method, loss="fused", max_steps=2, save_steps=0, export=False)
+        train_ok(cfg, 1)
+        runs[method] = losses(tmp_path / "runs" / method)
+    assert runs["constrained"][1] == pytest.approx(runs["sft"][1], rel=1e-5)
+    assert any(p.name.startswith("ref_logp-") for p in (tmp_path / "data").rglob("ref_logp-*"))

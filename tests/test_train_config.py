@@ -129,3 +129,29 @@ def test_fused_loss_matches_standard(tiny_model_dir, tokenizer):
     fused = CausalLMWithLoss(model, "fused")(batch["input_ids"], batch["position_ids"], batch["labels"])
     torch.testing.assert_close(fused[0], std[0], atol=1e-3, rtol=1e-4)
     assert int(fused[1]) == int(std[1])
+
+
+def test_check_only_cli(tmp_path, capsys):
+    """What launchers run before spawning: the config checked for the world size they will create."""
+    from safeft.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name_or_path: x}\ntrain: {micro_batch_size: 2, global_batch_size: 8}\n")
+    assert main(["train", str(path), "--check-only", "--world-size", "4"]) == 0
+    assert "ok for 4 process(es)" in capsys.readouterr().out
+    assert main(["train", str(path), "--check-only", "--world-size", "2"]) == 2
+    assert "global_batch_size': 8 != micro_batch_size 2" in capsys.readouterr().err
+
+
+def test_train_mfu_bench_smoke(tmp_path):
+    """bench/train_mfu.py --smoke: both variants run on the same documents and report real tokens."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_mfu", REPO / "bench" / "train_mfu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "mfu.json"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["padded+sdpa", "packed+varlen"]
+    assert all(r["real_tokens"] > 0 and r["tokens_per_s"] > 0 for r in rows) and rows[1]["speedup_vs_padded"] > 0

@@ -77,7 +77,7 @@ def locate(path: str) -> tuple[str, str]:
         if tag is None:
             raise SafeftError(f"checkpoint {path!r}: 'latest' names a directory that does not exist")
         return path, tag
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "safeft_state.json")):
+    if os.path.isfile(os.path.join(path, "safeft_state.json")):
         return os.path.dirname(os.path.abspath(path)), os.path.basename(os.path.normpath(path))
     raise SafeftError(f"checkpoint {path!r}: expected a checkpoints directory with 'latest' or one step directory")
 
@@ -100,20 +100,42 @@ def _prune(root: str, keep_last: int, keep: str) -> None:
     tags = sorted(t for t in os.listdir(root) if TAG_RE.match(t) and os.path.isdir(os.path.join(root, t)))
     for old in [t for t in tags if t != keep][: max(0, len(tags) - keep_last)]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        shutil.rmtree(os.path.join(root, f"{old}_universal"), ignore_errors=True)
 
 
-def load(engine, root: str, tag: str, rank: int, world_size: int) -> TrainState:
-    meta = read_json(os.path.join(root, tag, "safeft_state.json"))
-    if meta.get("world_size", world_size) != world_size:
-        raise SafeftError(
-            f"checkpoint {os.path.join(root, tag)!r} was written by {meta['world_size']} processes, this run has "
-            f"{world_size}: resuming at another world size needs DeepSpeed's universal checkpoint "
-            f"(python -m deepspeed.checkpoint.ds_to_universal), which safeft does not drive yet")
+def read_state(root: str, tag: str) -> TrainState:
+    return TrainState(**read_json(os.path.join(root, tag, "safeft_state.json")))
+
+
+def to_universal(root: str, tag: str) -> str:
+    """Convert a checkpoint for another world size with DeepSpeed's universal format (once); returns its tag.
+
+    Rank 0 calls this while the others wait at a barrier; load the result with
+    `{"checkpoint": {"load_universal": true}}` in the DeepSpeed config.
+    """
+    from argparse import Namespace
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    uni = f"{tag}_universal"
+    if os.path.isfile(os.path.join(root, uni, "safeft_state.json")):
+        return uni
+    shutil.rmtree(os.path.join(root, uni), ignore_errors=True)  # a conversion that crashed half-way
+    ds_to_universal.main(Namespace(input_folder=os.path.join(root, tag), output_folder=os.path.join(root, uni),
+                                   num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                   inject_missing_state=False))
+    for name in sorted(n for n in os.listdir(os.path.join(root, tag)) if n.startswith("rng_rank")):
+        shutil.copy2(os.path.join(root, tag, name), os.path.join(root, uni, name))
+    shutil.copy2(os.path.join(root, tag, "safeft_state.json"), os.path.join(root, uni, "safeft_state.json"))
+    return uni
+
+
+def load(engine, root: str, tag: str, rank: int) -> TrainState:
     path, client = engine.load_checkpoint(root, tag, load_module_strict=True)
     if path is None:
         raise SafeftError(f"checkpoint {os.path.join(root, tag)!r}: DeepSpeed could not load it")
     state = TrainState(**client["safeft"])
     rng_file = os.path.join(root, tag, f"rng_rank{rank}.json")
-    if os.path.isfile(rng_file):
+    if os.path.isfile(rng_file):  # a rank that did not exist in the saved run keeps its seeded state
         set_rng_state(read_json(rng_file))
     return state

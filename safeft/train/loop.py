@@ -71,8 +71,9 @@ def run(cfg, hooks: Optional[TrainHooks] = None) -> TrainResult:
     ds_config = dist.check_train_config(cfg, env.world_size)
     device = dist.init(env)
     _seed_everything(_first(cfg.train.seed))
+    resume = _resume_point(cfg, hooks, env, ds_config)
     r = _setup(cfg, env, device, ds_config)
-    state = _resume(r, hooks)
+    state = _resume(r, resume)
     metrics_log = MetricsLogger(cfg.run_dir, cfg.output.tensorboard, env.is_main)
     try:
         return _train(r, state, hooks, metrics_log)
@@ -116,7 +117,9 @@ def _setup(cfg, env, device, ds_config) -> _Run:
         log.info("attention for packed rows: %s", attn)
     dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
     model, keepalive = load_model(mcfg, cfg.train.zero_stage, ds_config, dtype, attn)
-    wrapped = CausalLMWithLoss(model, cfg.train.loss, cfg.train.zero_stage)
+    constrained = ((cfg.train.constrained_betas, cfg.train.constrained_beta_rest)
+                   if cfg.train.method == "constrained" else None)
+    wrapped = CausalLMWithLoss(model, cfg.train.loss, cfg.train.zero_stage, constrained)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
     rows = prepared.dataset.with_format(None)
@@ -130,6 +133,10 @@ def _setup(cfg, env, device, ds_config) -> _Run:
     engine, *_ = deepspeed.initialize(
         model=wrapped, model_parameters=[p for p in wrapped.parameters() if p.requires_grad], config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, total, cfg.train))
+    if constrained is not None:  # reference log-probs of the model before fine-tuning, once, cached
+        from safeft.constrained import reference_loader
+
+        loader = reference_loader(cfg, model, rows, prepared, env, tokenizer.pad_token_id, sampler, dtype)
     if env.is_main:
         _write_checkpoint_meta(cfg, model, tokenizer, prepared.fingerprint)
     return _Run(cfg, env, device, engine, model, tokenizer, loader, sampler, total, n_params,
@@ -157,19 +164,42 @@ def _write_checkpoint_meta(cfg, model, tokenizer, fingerprint) -> None:
     write_json(os.path.join(root, "safeft_run.json"), run_record(cfg, fingerprint, step=0))
 
 
-def _resume(r: _Run, hooks: TrainHooks) -> ckpt.TrainState:
-    cfg = r.cfg
-    fresh = ckpt.TrainState(data_seed=cfg.data.seed, world_size=r.env.world_size)
+def _resume_point(cfg, hooks: TrainHooks, env, ds_config: dict) -> Optional[tuple[str, str]]:
+    """(root, tag) to resume from, or None. A checkpoint from another world size is converted to DeepSpeed's
+    universal format first (rank 0), and ds_config is told to load that format."""
     source = hooks.resume_from or (cfg.train.resume if cfg.train.resume not in ("auto", "never") else None)
     root_default = os.path.join(cfg.run_dir, "checkpoints")
     if source is None and cfg.train.resume == "auto" and ckpt.latest_tag(root_default):
         source = root_default
     if source is None:
-        return fresh
+        return None
     root, tag = ckpt.locate(source)
-    state = ckpt.load(r.engine, root, tag, r.env.rank, r.env.world_size)
-    if state.data_seed != cfg.data.seed:
-        raise SafeftError(f"checkpoint {source!r} used data.seed {state.data_seed}, the config has {cfg.data.seed}")
+    saved = ckpt.read_state(root, tag)
+    if saved.data_seed != cfg.data.seed:
+        raise SafeftError(f"checkpoint {source!r} used data.seed {saved.data_seed}, the config has {cfg.data.seed}")
+    if saved.world_size == env.world_size:
+        return root, tag
+    rows_per_step = env.world_size * cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps
+    if saved.step and saved.consumed_samples != saved.step * rows_per_step:
+        raise SafeftError(
+            f"checkpoint {source!r} consumed {saved.consumed_samples // max(saved.step, 1)} rows per step on "
+            f"{saved.world_size} processes; this run takes {rows_per_step}: keep the global batch (micro_batch_size "
+            f"x gradient_accumulation_steps x processes) when resuming at another world size")
+    if env.is_main:
+        log.info("checkpoint from %d processes, this run has %d: converting to DeepSpeed's universal format",
+                 saved.world_size, env.world_size)
+        ckpt.to_universal(root, tag)
+    dist.barrier()
+    ds_config["checkpoint"] = {"load_universal": True}
+    return root, f"{tag}_universal"
+
+
+def _resume(r: _Run, point: Optional[tuple[str, str]]) -> ckpt.TrainState:
+    if point is None:
+        return ckpt.TrainState(data_seed=r.cfg.data.seed, world_size=r.env.world_size)
+    root, tag = point
+    state = ckpt.load(r.engine, root, tag, r.env.rank)
+    state.world_size = r.env.world_size
     if r.env.is_main:
         log.info("resumed from %s at step %d (epoch %d, step %d of it)", os.path.join(root, tag), state.step,
                  state.epoch, state.step_in_epoch)
@@ -212,6 +242,7 @@ def _train(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics_log: Metr
         result.last_checkpoint = _save(r, state, hooks, metrics)
     if cfg.train.export:
         result.export_dir = export(r, state.step)
+        dist.barrier()  # the export is complete when any rank returns
     return result
 
 
@@ -273,8 +304,9 @@ def _step(r: _Run, micro_batches: list[dict], step: int) -> dict:
 
 def _to_device(batch: dict, device, varlen: bool) -> dict:
     out = {k: batch[k].to(device) for k in ("input_ids", "labels", "position_ids")}
-    if "token_weights" in batch:
-        out["token_weights"] = batch["token_weights"].to(device)
+    for key in ("token_weights", "ref_logp"):
+        if key in batch:
+            out[key] = batch[key].to(device)
     if varlen:
         out.update({k: (batch[k].to(device) if hasattr(batch[k], "to") else batch[k]) for k in VARLEN_KEYS})
     return out
