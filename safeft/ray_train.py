@@ -180,23 +180,48 @@ def trim_consumed_log(path: str, after_step: int) -> None:
 class _RayHooks:
     """Builds the TrainHooks callbacks for one worker."""
 
-    def __init__(self, run_dir: str, rank: int, local_rank: int, shared_fs: bool):
-        self.rank, self.local_rank, self.shared_fs = rank, local_rank, shared_fs
-        self.consumed = os.path.join(run_dir, "logs", f"consumed-rank{rank}.jsonl")
+    def __init__(self, cfg: Config, rank: int, world_size: int, local_rank: int, restored: int):
+        self.cfg, self.rank, self.world_size, self.local_rank = cfg, rank, world_size, local_rank
+        self.consumed = os.path.join(cfg.run_dir, "logs", f"consumed-rank{rank}.jsonl")
+        self.last_logged = restored  # steps up to here are already in the consumed log
+        self._sampler = None
 
     def on_log(self, metrics: dict) -> None:
-        rows = metrics.get("rows")
-        if rows is None or "step" not in metrics:
+        if "step" not in metrics:
             return
-        entry = {"step": int(metrics["step"]), "epoch": metrics.get("epoch"), "rows": [int(r) for r in rows if r >= 0]}
-        with open(self.consumed, "a", encoding="utf-8") as f:  # one small line per step: append is atomic enough
-            f.write(json.dumps(entry) + "\n")
+        step = int(metrics["step"])
+        if "rows" in metrics:  # the trainer's own record of this step's rows
+            entries = [(step, [int(r) for r in metrics["rows"]])]
+        else:  # on_log may skip steps (train.log_steps): derive every step since the last entry
+            entries = [(s, self.scheduled_rows(s)) for s in range(self.last_logged + 1, step + 1)]
+        with open(self.consumed, "a", encoding="utf-8") as f:  # small lines, one writer per file
+            for s, rows in entries:
+                f.write(json.dumps({"step": s, "rows": [r for r in rows if r >= 0]}) + "\n")
+        self.last_logged = step
+
+    def scheduled_rows(self, step: int) -> list[int]:
+        """This rank's rows at global step `step` (1-based) under the trainer's index-based data order."""
+        if self._sampler is None:
+            from safeft.data.pack import DistributedPackedSampler
+            from safeft.data.pipeline import prepare
+
+            rows = prepare(self.cfg).dataset  # the trainer prepared it already: a cache hit
+            tr = self.cfg.train
+            self._sampler = DistributedPackedSampler([len(x) for x in rows["input_ids"]], self.world_size,
+                                                     self.rank, tr.micro_batch_size, tr.gradient_accumulation_steps,
+                                                     self.cfg.data.seed)
+            self._blocks: dict[int, list] = {}
+        epoch, index = divmod(step - 1, self._sampler.steps_per_epoch())
+        if epoch not in self._blocks:
+            self._sampler.set_epoch(epoch)
+            self._blocks = {epoch: self._sampler.step_blocks()}
+        return self._blocks[epoch][index][self.rank]
 
     def on_checkpoint(self, step: int, ckpt_dir: str, metrics: dict) -> None:
         import ray.train
 
         # With a shared filesystem rank 0 sees every shard; otherwise each node uploads its own.
-        uploads = self.rank == 0 if self.shared_fs else self.local_rank == 0
+        uploads = self.rank == 0 if self.cfg.ray.shared_filesystem else self.local_rank == 0
         checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if uploads else None
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
         ray.train.report({**scalars, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}")
@@ -213,18 +238,32 @@ def _worker_loop(config: dict) -> None:
     # Ray Train already set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (TorchConfig init_method=env);
     # assert it, since DeepSpeed reads the world size from there.
     assert int(os.environ["WORLD_SIZE"]) == ctx.get_world_size() and int(os.environ["RANK"]) == rank
-    _pin_device(local_rank)
+    _pin_device()
     logs = os.path.join(cfg.run_dir, "logs")
     os.makedirs(os.path.join(logs, "pids"), exist_ok=True)
     with open(os.path.join(logs, "pids", f"rank{rank}.pid"), "w") as f:
         f.write(str(os.getpid()))
-    hooks_impl = _RayHooks(cfg.run_dir, rank, local_rank, cfg.ray.shared_filesystem)
     checkpoint = ray.train.get_checkpoint()
     resume_from = checkpoint.path if checkpoint is not None else None
-    trim_consumed_log(hooks_impl.consumed, restored_step(resume_from))
+    restored = restored_step(resume_from) if resume_from else _trainer_auto_resume_step(cfg)
+    hooks_impl = _RayHooks(cfg, rank, ctx.get_world_size(), local_rank, restored)
+    trim_consumed_log(hooks_impl.consumed, hooks_impl.last_logged)
     if resume_from:
         print(f"safeft[rank {rank}]: resuming from {resume_from}", flush=True)
     resolve_train_fn()(cfg, _make_hooks(hooks_impl, resume_from))
+
+
+def _trainer_auto_resume_step(cfg: Config) -> int:
+    """The step `train.resume: auto` will continue from when Ray has no checkpoint for this run name."""
+    if cfg.train.resume != "auto":
+        return 0
+    try:
+        from safeft.train import checkpoint as ckpt
+    except ImportError:
+        return 0
+    root = os.path.join(cfg.run_dir, "checkpoints")
+    tag = ckpt.latest_tag(root) if os.path.isdir(root) else None
+    return ckpt.read_state(root, tag).step if tag else 0
 
 
 def _make_hooks(impl: _RayHooks, resume_from: Optional[str]) -> Any:
@@ -235,7 +274,7 @@ def _make_hooks(impl: _RayHooks, resume_from: Optional[str]) -> Any:
     return TrainHooks(on_checkpoint=impl.on_checkpoint, on_log=impl.on_log, resume_from=resume_from)
 
 
-def _pin_device(local_rank: int) -> None:
+def _pin_device() -> None:
     """TorchTrainer shows each worker every GPU of its node: pick ours by local rank."""
     import torch
 
