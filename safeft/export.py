@@ -130,7 +130,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16") ->
     record["step"] = read_json(os.path.join(root, tag, "safeft_state.json"))["step"]
     state = get_fp32_state_dict_from_zero_checkpoint(root, tag)
     torch_dtype = getattr(torch, dtype)
-    state = {k: v.to(torch_dtype) for k, v in _strip(state).items()}
+    state = {k: _own_storage(v.to(torch_dtype)) for k, v in _strip(state).items()}
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):

@@ -49,17 +49,29 @@ def storage_path(cfg: Config) -> str:
 
 def absolutize(cfg: Config) -> Config:
     """Make local paths absolute: Ray workers (and `ray job submit` drivers) run in another directory."""
+    if "runtime_resources" in os.getcwd() and not os.path.isabs(cfg.output.dir):
+        log.warning("output.dir %r is relative and this driver runs in Ray's uploaded working directory %s: "
+                    "outputs land there; set an absolute (shared) output.dir", cfg.output.dir, os.getcwd())
     cfg.output.dir = os.path.abspath(cfg.output.dir)
-    for section, key in (("model", "name_or_path"), ("model", "tokenizer"), ("data", "path"),
-                         ("data", "cache_dir"), ("train", "deepspeed_config")):
-        obj = getattr(cfg, section)
-        value = getattr(obj, key)
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            prefix, _, rest = value.partition(":") if value.startswith("tiny:") else ("", "", value)
-            if os.path.exists(rest) or key in ("cache_dir",) or prefix == "tiny":
-                rest = os.path.abspath(rest)
-                setattr(obj, key, f"{prefix}:{rest}" if prefix else rest)
+    cfg.data.cache_dir = os.path.abspath(cfg.data.cache_dir)
+    for task in cfg.eval.tasks:
+        task.path = _abs_if_local(task.path)
+    cfg.eval.models = [_abs_if_local(m) for m in cfg.eval.models]
+    cfg.model.name_or_path = _abs_if_local(cfg.model.name_or_path)
+    cfg.model.tokenizer = _abs_if_local(cfg.model.tokenizer)
+    cfg.train.deepspeed_config = _abs_if_local(cfg.train.deepspeed_config)
+    path = cfg.data.path
+    cfg.data.path = [_abs_if_local(p) for p in path] if isinstance(path, list) else _abs_if_local(path)
     return cfg
+
+
+def _abs_if_local(value):
+    """An existing relative local path (or `tiny:DIR`) made absolute; hub names and None unchanged."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value.startswith("tiny:"):
+        return "tiny:" + os.path.abspath(value[len("tiny:"):] or "runs/tiny-model")
+    return os.path.abspath(value) if not os.path.isabs(value) and os.path.exists(value) else value
 
 
 def check_before_workers(cfg: Config) -> Config:

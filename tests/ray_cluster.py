@@ -18,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO, cpu_env
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
@@ -100,3 +102,11 @@ class RayCluster:
         except ProcessLookupError:
             pass
         self.log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One `ray start --head` cluster per test module (import this fixture into the module)."""
+    c = RayCluster(num_cpus=2)
+    yield c
+    c.stop()

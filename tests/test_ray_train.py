@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from helpers import REPO
+from ray_cluster import cluster  # noqa: F401  (module fixture)
 from safeft.config import config_from_dict
 from safeft.errors import ConfigError
 from safeft.ray_train import ray_run_name, restored_step, trim_consumed_log
@@ -80,15 +81,6 @@ def test_grid_config_rejected_by_train(tmp_path):
 # --- a real cluster -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from ray_cluster import RayCluster
-
-    c = RayCluster(num_cpus=2)
-    yield c
-    c.stop()
-
-
 @pytest.mark.slow
 def test_job_submit_trains_to_export(cluster, tmp_path):
     cfg = _write_config(tmp_path, "job", train={"save_steps": 4})
@@ -137,3 +129,32 @@ def _wait_for(cond, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_job_real_trainer_zero2_then_restore_by_name(cluster, tmp_path, tiny_model_dir):
+    """The real trainer on 2 Ray workers under ZeRO-2; a second job with the same run name resumes from the
+    checkpoint Ray Train holds (not from scratch) and trains only the remaining steps."""
+    pytest.importorskip("safeft.train")
+    cfg = str(REPO / "configs" / "examples" / "tiny.yaml")
+    common = [f"model.name_or_path={tiny_model_dir}", f"output.dir={tmp_path / 'runs'}", "output.name=real",
+              f"data.cache_dir={tmp_path / 'cache'}", "data.limit=120", "train.save_steps=2",
+              "ray.num_workers=2", "train.zero_stage=2"]
+    args = ["train", cfg, *[x for kv in common for x in ("--set", kv)]]
+    first = cluster.submit([*args, "--set", "train.max_steps=4"], "safeft-real-1")
+    assert first.returncode == 0 and cluster.job_status("safeft-real-1") == "SUCCEEDED", first.stdout[-4000:]
+    run_dir = tmp_path / "runs" / "real"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "export")
+    assert model.config.hidden_size == 64
+    second = cluster.submit([*args, "--set", "train.max_steps=6"], "safeft-real-2")
+    assert second.returncode == 0 and cluster.job_status("safeft-real-2") == "SUCCEEDED", second.stdout[-4000:]
+    assert "resuming from" in second.stdout and "step-00000004" in second.stdout
+    steps = collections.Counter()
+    for f in run_dir.glob("logs/consumed-rank*.jsonl"):
+        steps.update(json.loads(line)["step"] for line in f.read_text().splitlines())
+    assert steps == {s: 2 for s in range(1, 7)}  # each step once per rank across both jobs
+    metrics = [json.loads(x) for x in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m][-2:] == [5, 6]
+    assert _consumed(run_dir).most_common(1)[0][1] == 1  # no row twice within this first epoch

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import bisect
 import random
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
 
 from safeft.data.tokenize import IGNORE_INDEX
 
 
-def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+def best_fit_decreasing(lengths: Sequence[int], capacity: int, repair: bool = True) -> list[list[int]]:
     """Bins of item indices, each bin's total length <= capacity.
 
     Items go in decreasing length into the bin whose free space is smallest but still enough.
     Free-space values are kept sorted (at most `capacity` distinct values), so each placement is a
-    bisect: O(n log capacity) over the whole dataset.
+    bisect: O(n log capacity) over the whole dataset. With `repair` the bins then go through
+    `repair_bins`, which removes bins where it can (never adds one); `repair=False` is plain BFD.
     """
+    bins = _plain_best_fit_decreasing(lengths, capacity)
+    return repair_bins(bins, lengths, capacity) if repair else bins
+
+
+def _plain_best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     spaces: list[int] = []  # sorted distinct free-space values
     bins_with_space: dict[int, list[int]] = {}  # free space -> stack of bin ids
@@ -52,6 +60,88 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
                 bins_with_space[left] = []
             bins_with_space[left].append(b)
     return bins
+
+
+def repair_bins(bins: Sequence[Sequence[int]], lengths: Sequence[int], capacity: int,
+                max_moves: Optional[int] = None) -> list[list[int]]:
+    """Empty the least-filled bins into the others' free space; deterministic, bounded.
+
+    BFD leaves many small holes (each below the shortest item) that no item fits. Repeatedly take
+    the least-filled bin E and move its items (longest first) elsewhere: an item goes into the bin
+    with the smallest free space that still holds it; when none does, the bin D with the most free
+    space grows its hole by exchanges with other bins - D gives an item b and takes a shorter item a
+    from a bin A with room for b - a (the largest such gain first) - which merges A's small hole into
+    D's. If E cannot be emptied within the move budget, everything done for E is undone and the
+    repair stops; it also stops at the lower bound ceil(total / capacity). Each exchange costs
+    O(|D| * n) vectorised work; at most `max_moves` (default n + 100) exchanges run in total.
+    Returns bins in their original order, the emptied ones dropped: never more bins than given,
+    each item exactly once, no bin over capacity.
+    """
+    n = len(lengths)
+    out = [list(b) for b in bins]
+    if len(out) < 2:
+        return out
+    size = np.asarray(lengths, dtype=np.int64)  # [n]
+    item_bin = np.empty(n, dtype=np.int64)  # [n] bin of each item
+    for b, items in enumerate(out):
+        item_bin[items] = b
+    fill = np.array([int(size[b].sum()) for b in out], dtype=np.int64)  # [bins]
+    alive = np.ones(len(out), dtype=bool)  # [bins]
+    lower = -(-int(size.sum()) // capacity)
+    budget = n + 100 if max_moves is None else max_moves
+    while int(alive.sum()) > lower:
+        live = np.flatnonzero(alive)
+        e = int(live[np.argmin(fill[live])])  # least filled, lowest index on ties
+        snapshot = (item_bin.copy(), fill.copy(), [list(m) for m in out], budget)
+        ok = True
+        for x in sorted(out[e], key=lambda i: (-lengths[i], i)):
+            while True:
+                free = capacity - fill  # [bins]
+                free[~alive] = -1
+                free[e] = -1
+                fits = np.flatnonzero(free >= size[x])
+                if fits.size:  # best fit
+                    d = int(fits[np.argmin(free[fits])])
+                    break
+                d = int(np.argmax(free))  # grow the largest hole
+                if budget <= 0:
+                    ok = False
+                    break
+                room = free[item_bin]  # [n] free space of each item's bin; -1 for items of D and E
+                room[out[d]] = -1
+                best = None
+                for b in out[d]:
+                    gain = size[b] - size  # [n]
+                    cand = np.flatnonzero((gain > 0) & (gain <= room))
+                    if cand.size:
+                        k = int(cand[np.argmax(gain[cand])])
+                        if best is None or gain[k] > best[0]:
+                            best = (int(gain[k]), b, k)
+                if best is None:
+                    ok = False
+                    break
+                budget -= 1
+                g, b, a = best
+                src = int(item_bin[a])
+                out[d].remove(b)
+                out[d].append(a)
+                out[src].remove(a)
+                out[src].append(b)
+                item_bin[a], item_bin[b] = d, src
+                fill[d] -= g
+                fill[src] += g
+            if not ok:
+                break
+            out[e].remove(x)
+            out[d].append(x)
+            item_bin[x] = d
+            fill[e] -= size[x]
+            fill[d] += size[x]
+        if not ok:
+            item_bin, fill, out, budget = snapshot
+            break
+        alive[e] = False
+    return [out[b] for b in range(len(out)) if alive[b]]
 
 
 def build_row(docs: Sequence[tuple[list[int], list[int]]]) -> dict[str, list[int]]:

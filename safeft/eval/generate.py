@@ -68,7 +68,8 @@ def truncate_at_stop(text: str, stop: list[str]) -> str:
 class Engine:
     """One model replica: loads the model once, then runs generate or next-token jobs on prompt ids."""
 
-    def __init__(self, model_path: str, settings: GenSettings):
+    def __init__(self, model_path: Optional[str], settings: GenSettings, model: Any = None, tokenizer: Any = None):
+        """Load `model_path`, or wrap an already loaded `model` and `tokenizer` (benchmarks)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -77,14 +78,15 @@ class Engine:
         self.settings = settings
         cuda = torch.cuda.is_available() and settings.device in ("auto", "cuda")
         self.device = torch.device("cuda" if cuda else "cpu")
-        dtype = torch.bfloat16 if cuda else torch.float32
-        kwargs: dict = {"dtype": dtype, "trust_remote_code": settings.trust_remote_code}
+        kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32,
+                        "trust_remote_code": settings.trust_remote_code}
         if cuda and settings.gpus > 1:
             kwargs["device_map"] = "auto"  # one replica spanning the GPUs Ray (or the user) gave it
-        self.tokenizer = load_tokenizer(model_path, settings.trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs).eval()
-        if "device_map" not in kwargs:
+        self.tokenizer = tokenizer or load_tokenizer(model_path, settings.trust_remote_code)
+        self.model = (model or AutoModelForCausalLM.from_pretrained(model_path, **kwargs)).eval()
+        if "device_map" not in kwargs and model is None:
             self.model.to(self.device)
+        self.device = next(self.model.parameters()).device
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         self.engine = self._pick_engine(settings.engine)

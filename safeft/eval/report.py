@@ -88,7 +88,9 @@ def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
         for (tr, te), vs in acc.items():
             mat[trains.index(tr), tests.index(te)] = sum(vs) / len(vs)
         fig, ax = plt.subplots(figsize=(1.6 * len(tests) + 2.5, 0.8 * len(trains) + 2))
-        im = ax.imshow(mat, cmap="viridis_r" if col.endswith("_asr") else "viridis", aspect="auto")
+        rate = col.endswith("_asr") or ".exact_match" in col or col.endswith("contains")
+        im = ax.imshow(mat, cmap="viridis_r" if col.endswith("_asr") else "viridis", aspect="auto",
+                       vmin=0 if rate else None, vmax=1 if rate else None)
         ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right")
         ax.set_yticks(range(len(trains)), trains)
         ax.set_xlabel("test template")

@@ -85,7 +85,13 @@ def locate(path: str) -> tuple[str, str]:
 def save(engine, root: str, state: TrainState, rank: int, keep_last: int, barrier) -> str:
     """Every rank calls this; returns the published tag directory."""
     tag = tag_for(state.step)
-    engine.save_checkpoint(root, tag, client_state={"safeft": asdict(state)}, save_latest=False)
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+    # The universal-checkpoint marker lets ds_to_universal convert this checkpoint for another world size.
+    client = {"safeft": asdict(state),
+              UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(root, tag, client_state=client, save_latest=False)
     write_json(os.path.join(root, tag, f"rng_rank{rank}.json"), rng_state())
     barrier()  # every shard is on disk before `latest` moves
     if rank == 0:
@@ -123,7 +129,7 @@ def to_universal(root: str, tag: str) -> str:
     shutil.rmtree(os.path.join(root, uni), ignore_errors=True)  # a conversion that crashed half-way
     ds_to_universal.main(Namespace(input_folder=os.path.join(root, tag), output_folder=os.path.join(root, uni),
                                    num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                   inject_missing_state=False))
+                                   inject_missing_state=True))
     for name in sorted(n for n in os.listdir(os.path.join(root, tag)) if n.startswith("rng_rank")):
         shutil.copy2(os.path.join(root, tag, name), os.path.join(root, uni, name))
     shutil.copy2(os.path.join(root, tag, "safeft_state.json"), os.path.join(root, uni, "safeft_state.json"))

@@ -17,6 +17,7 @@ from safeft.data.pack import (
     build_row,
     no_packing,
     pack,
+    repair_bins,
 )
 from safeft.data.tokenize import IGNORE_INDEX
 
@@ -88,9 +89,34 @@ def test_best_fit_decreasing_matches_a_reference(seed):
     rng = random.Random(seed)
     cap = rng.choice([10, 100, 512])
     lengths = [rng.randint(1, cap) for _ in range(rng.randint(0, 300))]
-    bins = best_fit_decreasing(lengths, cap)
+    bins = best_fit_decreasing(lengths, cap, repair=False)
     assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
     assert sorted(sum(lengths[i] for i in b) for b in bins) == reference_bfd_fills(lengths, cap)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_repair_never_adds_bins_and_keeps_items_within_capacity(seed):
+    rng = random.Random(seed)
+    cap = rng.choice([10, 64, 512, 2048])
+    low = rng.choice([1, cap // 40 + 1, cap // 4])
+    lengths = [rng.randint(low, max(low, rng.choice([cap // 3, cap // 2, cap]))) for _ in range(rng.randint(0, 400))]
+    plain = best_fit_decreasing(lengths, cap, repair=False)
+    for max_moves in (None, 0, 3):
+        bins = repair_bins(plain, lengths, cap, max_moves=max_moves)
+        assert sorted(i for b in bins for i in b) == list(range(len(lengths)))  # each item exactly once
+        assert all(b and sum(lengths[i] for i in b) <= cap for b in bins)
+        assert -(-sum(lengths) // cap) <= len(bins) <= len(plain)
+    assert best_fit_decreasing(lengths, cap) == repair_bins(plain, lengths, cap)  # the default, deterministic
+    assert best_fit_decreasing(lengths, cap) == best_fit_decreasing(lengths, cap)
+
+
+def test_repair_reaches_the_lower_bound_where_bfd_leaves_unusable_holes():
+    # BFD: [4,4] [3,3,3] [3] - holes of 2 and 1 that no item fits; the repair finds [4,3,3] [4,3,3].
+    lengths = [3, 3, 3, 4, 4, 3]
+    assert len(best_fit_decreasing(lengths, 10, repair=False)) == 3
+    bins = best_fit_decreasing(lengths, 10)
+    assert sorted(sorted(lengths[i] for i in b) for b in bins) == [[3, 3, 4], [3, 3, 4]]
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
 
 
 def test_best_fit_decreasing_efficiency_vs_naive():

@@ -1,0 +1,129 @@
+"""Sweeps: grid expansion and naming, DONE bookkeeping, concurrency, experiment configs, and a real
+2x2 sweep on the tiny model through `ray job submit ... python -m safeft.launch sweep` (twice: the second
+run schedules nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ADVBENCH, GSM8K_TEST, REPO, have_shared_data
+from ray_cluster import cluster  # noqa: F401  (module fixture)
+from safeft.config import config_from_dict, load_config
+from safeft.io import write_json
+from safeft.sweep import DONE, concurrency, plan_sweep, run_label
+
+CONFIG_FILES = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_run_names_are_readable_and_filesystem_safe():
+    point = {"template.train": "chat:vanilla", "lookahead.mode": "virtual", "train.lr": 1e-4,
+             "data.path": "/data/gsm8k/train.jsonl"}
+    assert run_label(point) == "train=chat-vanilla,lookahead=virtual,lr=0.0001,data=train"
+    assert run_label({}) == "single"
+
+
+def test_plan_expands_grid_and_reads_done_markers(tmp_path):
+    cfg = config_from_dict({"template": {"train": ["chat:vanilla", "text:vanilla"]},
+                            "lookahead": {"mode": ["none", "virtual"]},
+                            "output": {"dir": str(tmp_path), "name": "grid"}})
+    runs = plan_sweep(cfg)
+    assert [r.name for r in runs] == [
+        "grid/train=chat-vanilla,lookahead=none", "grid/train=chat-vanilla,lookahead=virtual",
+        "grid/train=text-vanilla,lookahead=none", "grid/train=text-vanilla,lookahead=virtual"]
+    assert [(r.cfg.template.train, r.cfg.lookahead.mode) for r in runs] == [
+        ("chat:vanilla", "none"), ("chat:vanilla", "virtual"), ("text:vanilla", "none"), ("text:vanilla", "virtual")]
+    assert {r.status for r in runs} == {"pending"}
+    write_json(Path(runs[1].run_dir) / DONE, {"export": "x"})
+    again = plan_sweep(cfg)
+    assert [r.status for r in again] == ["pending", "done", "pending", "pending"]
+    assert again[1].result == {"export": "x"}
+
+
+def test_same_basename_data_paths_get_distinct_names(tmp_path):
+    cfg = config_from_dict({"data": {"path": ["a/train.jsonl", "b/train.jsonl"]},
+                            "output": {"dir": str(tmp_path), "name": "d"}})
+    names = [r.name for r in plan_sweep(cfg)]
+    assert len(set(names)) == 2 and names[0] == "d/data=train"
+
+
+@pytest.mark.parametrize("ray_cfg,resources,expected", [
+    ({"num_workers": 1, "cpus_per_worker": 1}, {"CPU": 2}, 2),
+    ({"num_workers": 2, "cpus_per_worker": 1}, {"CPU": 2}, 1),
+    ({"num_workers": 4, "use_gpu": True, "cpus_per_worker": 2}, {"CPU": 64, "GPU": 8}, 2),
+    ({"num_workers": 4, "max_concurrent_runs": 3}, {"CPU": 2}, 3),
+    ({"num_workers": 8}, {"CPU": 2}, 1),
+])
+def test_concurrency_from_cluster_resources(ray_cfg, resources, expected):
+    assert concurrency(config_from_dict({"ray": ray_cfg}), resources) == expected
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_passes_config_check(path):
+    proc = subprocess.run([sys.executable, "-m", "safeft", "config", "check", str(path)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ": ok" in proc.stdout
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_experiment_runs_pass_trainer_checks_for_their_worker_count(path):
+    from safeft.distributed import check_train_config
+
+    cfg = load_config(str(path))
+    runs = plan_sweep(cfg)
+    assert len(runs) > 1 and len({r.name for r in runs}) == len(runs)
+    for run in runs:
+        ds = check_train_config(run.cfg, run.cfg.ray.num_workers, has_bf16=True)
+        assert ds["bf16"]["enabled"]
+
+
+def test_ptst_grid_is_the_papers_protocol():
+    cfg = load_config(str(REPO / "configs" / "experiments" / "ptst_gsm8k_llama2_7b.yaml"))
+    five = ["text:vanilla", "text:alpaca", "chat:vanilla", "chat:alpaca", "chat:llama"]
+    assert cfg.template.train == five and cfg.test_templates == five
+    assert cfg.train.seed == [42, 43, 44] and cfg.train.lr == 1e-4 and cfg.train.epochs == 6
+    assert len(plan_sweep(cfg)) == 15
+
+
+def test_dry_run_lists_runs_without_ray(tmp_path, capsys):
+    from safeft.cli import main
+
+    assert main(["sweep", str(REPO / "configs" / "examples" / "sweep_tiny.yaml"), "--dry-run",
+                 "--set", f"output.dir={tmp_path}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("pending") for line in lines)
+
+
+@pytest.mark.slow
+def test_tiny_2x2_sweep_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny_model_dir):  # noqa: F811
+    pytest.importorskip("safeft.train")
+    if not have_shared_data():
+        pytest.skip("shared data (GSM8K/AdvBench) not present")
+    cfg_path = tmp_path / "sweep.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "base": str(REPO / "configs" / "examples" / "sweep_tiny.yaml"),
+        "model": {"name_or_path": tiny_model_dir},
+        "data": {"cache_dir": str(tmp_path / "cache")},
+        "eval": {"tasks": [{"name": "gsm8k", "path": str(GSM8K_TEST), "limit": 4, "max_new_tokens": 8},
+                           {"name": "advbench", "path": str(ADVBENCH), "limit": 4, "max_new_tokens": 8}]},
+        "output": {"dir": str(tmp_path / "runs"), "name": "sweep_tiny"},
+    }))
+    first = cluster.submit(["sweep", str(cfg_path)], "safeft-sweep-1")
+    assert first.returncode == 0 and cluster.job_status("safeft-sweep-1") == "SUCCEEDED", first.stdout[-5000:]
+    summary = json.loads((tmp_path / "runs" / "sweep_tiny" / "sweep.json").read_text())
+    assert summary["counts"] == {"done": 4, "failed": 0, "pending": 0}
+    for run in summary["runs"]:
+        run_dir = Path(run["run_dir"])
+        assert (run_dir / DONE).is_file() and (run_dir / "export" / "model.safetensors").is_file()
+        assert run["eval"] == "done" and (run_dir / "eval" / "summary.json").is_file()
+    exported = json.loads((Path(summary["runs"][1]["run_dir"]) / "export" / "safeft_run.json").read_text())
+    assert "virtual" in json.dumps(exported)  # the run trained with its own grid point
+    second = cluster.submit(["sweep", str(cfg_path)], "safeft-sweep-2")
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "4 already done, 0 to run" in second.stdout and '"scheduled": 0' in second.stdout
