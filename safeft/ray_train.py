@@ -130,7 +130,7 @@ def connect(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address  # inside `ray job submit`: the job's cluster
     if address and address.startswith("http"):  # a job-server URL: the cluster's GCS is what ray.init needs
         address = "auto"
     ray.init(address=address, log_to_driver=True)

@@ -155,3 +155,51 @@ def test_train_mfu_bench_smoke(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["variant"] for r in rows] == ["padded+sdpa", "packed+varlen"]
     assert all(r["real_tokens"] > 0 and r["tokens_per_s"] > 0 for r in rows) and rows[1]["speedup_vs_padded"] > 0
+
+
+def _reference_varlen(old_api: bool):
+    """A CPU stand-in with torch's varlen_attn signature: causal SDPA per document (the real one is CUDA-only)."""
+    import torch
+
+    def attend(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, gqa):
+        out = torch.empty_like(q)  # [T, Hq, D]
+        for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), is_causal=causal,
+                scale=scale, enable_gqa=gqa)
+            out[s:e] = o.transpose(0, 1)
+        return out
+
+    if old_api:
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, scale=None):
+            return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale, is_causal, False)
+    else:
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                        window_size=(-1, -1), enable_gqa=False):
+            return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale, tuple(window_size) == (-1, 0),
+                          enable_gqa)
+    return varlen_attn
+
+
+@pytest.mark.parametrize("old_api", [False, True])
+def test_varlen_attention_plumbing_matches_packed_sdpa(tiny_model_dir, tokenizer, monkeypatch, old_api):
+    """The registered varlen attention gets the collator's cu_seq_lens and the right causal/GQA arguments."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import safeft.model as m
+    from safeft.data.pack import PackedCollator
+
+    monkeypatch.setattr(m, "_torch_varlen", lambda: _reference_varlen(old_api))
+    name = m.select_attention("varlen", "cuda")
+    assert name == m.VARLEN_ATTENTION and m.uses_varlen_kwargs(name)
+    _, row = _docs(tokenizer)
+    b = PackedCollator(tokenizer.pad_token_id)([row, row])
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    varlen = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=name)
+    with torch.no_grad():
+        want = sdpa(b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        got = varlen(b["input_ids"], position_ids=b["position_ids"], use_cache=False,
+                     **{k: b[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert m.select_attention("auto", "cpu") == "sdpa"
