@@ -8,7 +8,7 @@ weight is a 0-element shard outside a forward the engine runs.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,14 +17,17 @@ from safeft.data.tokenize import IGNORE_INDEX
 
 
 class CausalLMWithLoss(nn.Module):
+    """`constrained=(betas, beta_rest)`: token-wise constrained SFT, weighted by the batch's `ref_logp`
+    (see safeft.constrained); every forward then needs ref_logp."""
+
     def __init__(self, model: nn.Module, loss: str = "standard", zero_stage: int = 2,
-                 constrained: Optional[tuple[list[float], float]] = None):
+                 constrained: Optional[tuple[Sequence[float], float]] = None):
         super().__init__()
         if loss not in ("standard", "fused"):
             raise ValueError(f"loss {loss!r}: expected 'standard' or 'fused'")
         self.model = model
         self.loss = loss
-        self.constrained = constrained  # (betas, beta_rest) for train.method: constrained (safeft/constrained.py)
+        self.constrained = (list(constrained[0]), float(constrained[1])) if constrained is not None else None
         if loss == "fused" and zero_stage == 3:
             import deepspeed
 
@@ -42,8 +45,8 @@ class CausalLMWithLoss(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor,
                 token_weights: Optional[torch.Tensor] = None, ref_logp: Optional[torch.Tensor] = None,
                 **varlen_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids/position_ids/labels [B, T] (labels unshifted, -100 = no loss); token_weights [B, T] or None;
-        ref_logp [B, T]: the reference model's label log-probs, needed when self.constrained is set.
+        """input_ids/position_ids/labels [B, T] (labels unshifted, -100 = no loss); token_weights and ref_logp
+        [B, T] aligned with labels, or None.
 
         Returns (summed weighted token loss [], number of label tokens []).
         """
@@ -51,45 +54,33 @@ class CausalLMWithLoss(nn.Module):
                             use_cache=False, **varlen_kwargs)
         hidden = out.last_hidden_state[:, :-1]  # [B, T-1, H]: position t predicts token t+1
         targets = labels[:, 1:]  # [B, T-1]
-        weights = token_weights[:, 1:] if token_weights is not None else None
         n_tokens = (targets != IGNORE_INDEX).sum()
+        per_token = self._token_losses(hidden, targets)  # [B, T-1] fp32, 0 where no label
         if self.constrained is not None:
-            return self._constrained_loss(hidden, input_ids, position_ids, labels, ref_logp, weights), n_tokens
+            if ref_logp is None:
+                raise ValueError("constrained SFT needs ref_logp (the reference model's per-token log-probs)")
+            token_weights = self._constrained_weights(per_token.detach(), labels, position_ids, ref_logp)
+        if token_weights is not None:
+            per_token = per_token * token_weights[:, 1:].to(per_token.dtype)
+        return per_token.sum(), n_tokens
+
+    def _token_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.loss == "fused":
             from safeft.kernels import fused_linear_cross_entropy
 
-            flat_w = weights.reshape(-1) if weights is not None else None
-            total = fused_linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight,
-                                               targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                                               token_weights=flat_w, reduction="sum")
-            return total, n_tokens
+            return fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, ignore_index=IGNORE_INDEX,
+                                              reduction="none")  # [B, T-1], no [N, V] logits kept
         logits = self.lm_head(hidden).float()  # [B, T-1, V]
         per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                 ignore_index=IGNORE_INDEX, reduction="none")  # [B*(T-1)]
-        if weights is not None:
-            per_token = per_token * weights.reshape(-1).to(per_token.dtype)
-        return per_token.sum(), n_tokens
+        return per_token.view(targets.shape)
 
-    def _constrained_loss(self, hidden, input_ids, position_ids, labels, ref_logp, weights) -> torch.Tensor:
-        """sum(w * CE) with w = the token-wise constrained SFT weights (times token_weights, if any)."""
+    def _constrained_weights(self, ce: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
+                             ref_logp: torch.Tensor) -> torch.Tensor:
+        """token_weights [B, T] from the policy's detached per-token CE [B, T-1] (logp = -CE)."""
         from safeft.constrained import constrained_token_weights
 
-        if ref_logp is None:
-            raise ValueError("train.method 'constrained' needs ref_logp in every batch (ConstrainedCollator)")
-        targets = labels[:, 1:]  # [B, T-1]
-        if self.loss == "fused":
-            from safeft.kernels import fused_linear_cross_entropy
-
-            per_token = fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, ignore_index=IGNORE_INDEX,
-                                                   reduction="none")  # [B, T-1], differentiable
-        else:
-            logits = self.lm_head(hidden).float()  # [B, T-1, V]
-            per_token = nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
-                                                    reduction="none")  # [B, T-1]
-        logp = nn.functional.pad(-per_token.detach(), (1, 0))  # [B, T], aligned with labels
-        betas, beta_rest = self.constrained
+        logp = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)  # [B, T], aligned with labels
+        logp[:, 1:] = -ce
         batch = {"labels": labels, "position_ids": position_ids, "ref_logp": ref_logp}
-        w = constrained_token_weights(batch, logp, betas, beta_rest)[:, 1:]  # [B, T-1]
-        if weights is not None:
-            w = w * weights.float()
-        return (w * per_token).sum()
+        return constrained_token_weights(batch, logp, *self.constrained)

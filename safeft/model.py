@@ -133,6 +133,8 @@ def load_model(mcfg: Any, zero_stage: int, ds_config: dict | None = None, dtype:
             trust_remote_code=mcfg.trust_remote_code, attn_implementation=attn_implementation, use_safetensors=None)
     except (OSError, ValueError) as e:
         raise SafeftError(f"config key 'model.name_or_path': cannot load {mcfg.name_or_path!r}: {e}") from None
+    if zero_stage == 3 and not all(hasattr(p, "ds_id") for p in model.parameters()):
+        log.warning("ZeRO-3: the model was not built inside deepspeed.zero.Init; every rank holds it whole")
     model.config.use_cache = False
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

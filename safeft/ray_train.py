@@ -10,9 +10,14 @@ worker group (up to `ray.max_failures` times) and `ray.train.get_checkpoint()` h
 checkpoint back as `TrainHooks.resume_from`; a later `train_on_ray` with the same run name resumes the
 same way (Ray Train V2 restores from the run's checkpoint-manager snapshot in storage).
 
-Per rank, `<run_dir>/logs/consumed-rank<r>.jsonl` records the rows each optimizer step consumed
-(from the trainer's `on_log` metrics: `rows`), so a restart can be audited: entries past the restored
-step are dropped when the worker group restarts, leaving each row of an epoch exactly once.
+Per rank, `<run_dir>/logs/consumed-rank<r>.jsonl` records the rows each optimizer step consumed (the
+trainer's `on_log` metrics `rows` when present, else derived from the step number with the same
+index-based `DistributedPackedSampler` schedule the trainer uses), so a restart can be audited: entries
+past the restored step are dropped when the worker group restarts, leaving each row of an epoch once.
+
+The trainer must call `on_checkpoint` on every rank (Ray's `report` is a barrier) and `on_log` for a
+step before `on_checkpoint` for it. Ray copies each reported checkpoint into its storage: budget twice
+the checkpoint size on disk (Ray keeps `train.keep_last` of them).
 """
 
 from __future__ import annotations
@@ -236,7 +241,8 @@ class _RayHooks:
         uploads = self.rank == 0 if self.cfg.ray.shared_filesystem else self.local_rank == 0
         checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if uploads else None
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-        ray.train.report({**scalars, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}")
+        ray.train.report({**scalars, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}",
+                         delete_local_checkpoint_after_upload=False)  # the trainer prunes its own checkpoints
 
 
 def _worker_loop(config: dict) -> None:

@@ -73,11 +73,13 @@ class RayCluster:
         self.log.flush()
         return Path(self.log.name).read_text()[-3000:]
 
-    def submit(self, args: list[str], submission_id: str, env_vars: dict | None = None,
+    def submit(self, args: list[str], submission_id: str, env_vars: dict | None = None, wait: bool = True,
                timeout: float = 600) -> subprocess.CompletedProcess:
-        """`ray job submit --working-dir <repo>` of `python -m safeft.launch ...`; blocks until the job ends."""
+        """`ray job submit --working-dir <repo>` of `python -m safeft.launch ...`; blocks until the job ends
+        unless `wait` is false."""
         runtime_env = {"excludes": UPLOAD_EXCLUDES, "env_vars": env_vars or {}}
-        cmd = [RAY_BIN, "job", "submit", "--address", self.address, "--submission-id", submission_id,
+        cmd = [RAY_BIN, "job", "submit", *([] if wait else ["--no-wait"]), "--address", self.address,
+               "--submission-id", submission_id,
                "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
                sys.executable, "-m", "safeft.launch", *args]
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)

@@ -82,33 +82,12 @@ def test_grid_config_rejected_by_train(tmp_path):
 
 
 @pytest.mark.slow
-def test_job_submit_trains_to_export(cluster, tmp_path):
-    cfg = _write_config(tmp_path, "job", train={"save_steps": 4})
-    proc = cluster.submit(["train", cfg], "safeft-job-standin", env_vars=STANDIN_ENV)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert cluster.job_status("safeft-job-standin") == "SUCCEEDED"
-    run_dir = tmp_path / "runs" / "job"
-    export = json.loads((run_dir / "export" / "safeft_run.json").read_text())
-    assert export["world_size"] == 2 and export["steps"] == 12  # 24 rows / (2 ranks x 1 x 1)
-    assert sorted((run_dir / "ray" / "job").glob("step-*"))[-1].name == "step-00000012"
-    assert set(_consumed(run_dir).values()) == {1} and len(_consumed(run_dir)) == 24
-
-
-@pytest.mark.slow
 def test_worker_killed_after_checkpoint_resumes_without_repeats(cluster, tmp_path):
     cfg = _write_config(tmp_path, "fault", train={"save_steps": 3}, ray={"max_failures": 1})
     run_dir = tmp_path / "runs" / "fault"
     env = {**STANDIN_ENV, "STANDIN_STEP_SECONDS": "1.0"}
-    import subprocess
-    import sys
-
-    from ray_cluster import RAY_BIN
-
-    cmd = [RAY_BIN, "job", "submit", "--no-wait", "--address", cluster.address, "--submission-id", "safeft-fault",
-           "--working-dir", str(REPO), "--runtime-env-json",
-           json.dumps({"excludes": [".venv", ".git", "runs", ".cache", "*.egg-info"], "env_vars": env}),
-           "--", sys.executable, "-m", "safeft.launch", "train", cfg]
-    subprocess.run(cmd, env=cluster.env, check=True, capture_output=True, timeout=120)
+    submitted = cluster.submit(["train", cfg], "safeft-fault", env_vars=env, wait=False, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
     first_ckpt = run_dir / "ray" / "fault" / "step-00000003"
     _wait_for(lambda: first_ckpt.is_dir(), 300, "first reported checkpoint")
     pid_file = run_dir / "logs" / "pids" / "rank1.pid"
@@ -158,3 +137,21 @@ def test_job_real_trainer_zero2_then_restore_by_name(cluster, tmp_path, tiny_mod
     metrics = [json.loads(x) for x in (run_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m][-2:] == [5, 6]
     assert _consumed(run_dir).most_common(1)[0][1] == 1  # no row twice within this first epoch
+
+
+@pytest.mark.slow
+def test_safeft_train_ray_flag_starts_local_cluster(tmp_path):
+    """`safeft train --ray` without an address starts a local Ray cluster and runs the same workers."""
+    import subprocess
+    import sys
+
+    from helpers import cpu_env
+
+    cfg = _write_config(tmp_path, "flag", ray={"num_workers": 2})
+    env = cpu_env(**STANDIN_ENV)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "safeft", "train", "--ray", cfg], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "export:" in proc.stdout and "done; export at" in proc.stdout
+    assert json.loads((tmp_path / "runs" / "flag" / "export" / "safeft_run.json").read_text())["world_size"] == 2

@@ -81,22 +81,25 @@ def export_weights(run_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
-    """Reference (1 rank, accumulation 2), then 2 ranks under ZeRO-2 and ZeRO-3 on the same data."""
+    """Reference (1 rank, accumulation 2), then 2 ranks under ZeRO-2, ZeRO-3 and ZeRO-3 + fused loss."""
     base = tmp_path_factory.mktemp("train")
     cache, out = base / "data", base / "runs"
     cfgs = {
         "ref": write_config(base / "ref.yaml", tiny_model_dir, cache, out, "ref", gradient_accumulation_steps=2),
         "z2": write_config(base / "z2.yaml", tiny_model_dir, cache, out, "z2", zero_stage=2),
         "z3": write_config(base / "z3.yaml", tiny_model_dir, cache, out, "z3", zero_stage=3),
+        # fused loss under ZeRO-3: lm_head.weight is a 0-element shard unless gathered for our forward
+        "z3f": write_config(base / "z3f.yaml", tiny_model_dir, cache, out, "z3f", zero_stage=3, loss="fused"),
     }
     train_ok(cfgs["ref"], 1)
     train_ok(cfgs["z2"], 2)
     train_ok(cfgs["z3"], 2)
+    train_ok(cfgs["z3f"], 2)
     return {"base": base, "cfgs": cfgs, **{k: out / k for k in cfgs}}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["z2", "z3"])
+@pytest.mark.parametrize("stage", ["z2", "z3", "z3f"])
 def test_two_ranks_equal_one_rank_with_accumulation(runs, stage):
     import torch
 
@@ -201,8 +204,11 @@ def poisoned(self, *a, **k):
     loss, n = forward(self, *a, **k)
     return (loss * float("nan"), n) if calls["n"] == 3 else (loss, n)
 CausalLMWithLoss.forward = poisoned
+from safeft.train import TrainHooks
+hooks = TrainHooks(on_checkpoint=lambda step, path, m: print("HOOK checkpoint", step, path, round(m["loss"], 4)),
+                   on_log=lambda m: print("HOOK log", m["step"]))
 try:
-    run(load_config(sys.argv[1]))
+    run(load_config(sys.argv[1]), hooks)
 except SafeftError as e:
     print("STOPPED:", e)
     sys.exit(3)
@@ -219,6 +225,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model_dir):
     result = launch([str(script), cfg], 1)[0]
     assert result.returncode == 3, result.stdout[-4000:]
     assert "STOPPED: loss is nan at step 2" in result.stdout
+    assert "HOOK log 1" in result.stdout and "HOOK log 2" not in result.stdout
+    assert f"HOOK checkpoint 1 {tmp_path}/runs/nan/checkpoints/step00000001" in result.stdout
     ckpts = tmp_path / "runs" / "nan" / "checkpoints"
     assert (ckpts / "latest").read_text() == "step00000001"
     assert not (ckpts / "step00000002").exists() and not (tmp_path / "runs" / "nan" / "export").exists()

@@ -203,3 +203,25 @@ def test_varlen_attention_plumbing_matches_packed_sdpa(tiny_model_dir, tokenizer
                      **{k: b[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert m.select_attention("auto", "cpu") == "sdpa"
+
+
+def test_launcher_rejects_a_bad_config_before_spawning(tmp_path):
+    """launcher/deepspeed/train.sh checks the config for the world size it will create, then launches."""
+    import subprocess
+    import sys
+
+    from helpers import cpu_env
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name_or_path: x}\ntrain: {micro_batch_size: 1, global_batch_size: 4}\n")
+    out = subprocess.run([str(REPO / "launcher" / "deepspeed" / "train.sh"), str(path), "--num_gpus", "3"],
+                         env=cpu_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "global_batch_size': 4 != micro_batch_size 1 x gradient_accumulation_steps 1 x 3 processes" in out.stderr
+    assert "deepspeed" not in out.stdout.lower()
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("# two nodes\nnode1 slots=2\nnode2 slots=2\n")
+    path.write_text("model: {name_or_path: x}\ntrain: {micro_batch_size: 1, global_batch_size: 2}\n")
+    out = subprocess.run([str(REPO / "launcher" / "deepspeed" / "train.sh"), str(path), "--hostfile", str(hosts)],
+                         env=cpu_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "x 4 processes = 4" in out.stderr, out.stderr

@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--check-only", action="store_true",
                    help="validate the config for --world-size processes and exit (launchers call this first)")
     p.add_argument("--world-size", type=int, default=None, help="with --check-only: the number of processes")
+    p.add_argument("--ray", action="store_true",
+                   help="run on ray.num_workers Ray Train workers (cluster: RAY_ADDRESS, ray.address, else local)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_suppress())
     p.set_defaults(func=_train)
 
@@ -51,6 +53,11 @@ def _train(args) -> int:
         ds = check_train_config(cfg, world)
         print(f"{args.config}: ok for {world} process(es): ZeRO-{cfg.train.zero_stage}, "
               f"global batch {ds['train_batch_size']} rows, bf16 {ds['bf16']['enabled']}")
+        return 0
+    if args.ray:  # Ray resumes from the checkpoint it holds for this run name (see safeft.ray_train)
+        from safeft.ray_train import train_on_ray
+
+        train_on_ray(cfg)
         return 0
     hooks = TrainHooks()
     if args.resume == "auto":

@@ -238,8 +238,11 @@ def _train(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics_log: Metr
             state.step_in_epoch = 0
     bar.close()
     result.steps, result.metrics = state.step, metrics
-    if metrics or result.last_checkpoint is None:
+    root = os.path.join(cfg.run_dir, "checkpoints")
+    if ckpt.latest_tag(root) != ckpt.tag_for(state.step):  # else resumed at the end: nothing new to save
         result.last_checkpoint = _save(r, state, hooks, metrics)
+    else:
+        result.last_checkpoint = os.path.join(root, ckpt.tag_for(state.step))
     if cfg.train.export:
         result.export_dir = export(r, state.step)
         dist.barrier()  # the export is complete when any rank returns
