@@ -63,3 +63,20 @@ def train(cfg, hooks=None):
         write_json(os.path.join(cfg.run_dir, "export", "safeft_run.json"),
                    {"steps": steps, "world_size": world, "template": cfg.template.train, "lr": cfg.train.lr})
     return {"steps": steps}
+
+
+def slow_real_train(cfg, hooks=None):
+    """The real `safeft.train.run` with each logged step slowed by STANDIN_STEP_SECONDS, so a test can kill a
+    DeepSpeed worker between two checkpoints."""
+    from safeft.train import TrainHooks, run
+
+    delay = float(os.environ.get("STANDIN_STEP_SECONDS", "0"))
+    on_log = hooks.on_log if hooks else None
+
+    def slowed(metrics):
+        time.sleep(delay)
+        if on_log:
+            on_log(metrics)
+
+    hooks = hooks or TrainHooks()
+    return run(cfg, TrainHooks(on_checkpoint=hooks.on_checkpoint, on_log=slowed, resume_from=hooks.resume_from))

@@ -12,6 +12,7 @@ import collections
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from helpers import REPO
-from ray_cluster import cluster  # noqa: F401  (module fixture)
+from ray_cluster import RAY_BIN, cluster  # noqa: F401  (module fixture)
 from safeft.config import config_from_dict
 from safeft.errors import ConfigError
 from safeft.ray_train import ray_run_name, restored_step, trim_consumed_log
@@ -82,23 +83,44 @@ def test_grid_config_rejected_by_train(tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_killed_after_checkpoint_resumes_without_repeats(cluster, tmp_path):
-    cfg = _write_config(tmp_path, "fault", train={"save_steps": 3}, ray={"max_failures": 1})
-    run_dir = tmp_path / "runs" / "fault"
-    env = {**STANDIN_ENV, "STANDIN_STEP_SECONDS": "1.0"}
-    submitted = cluster.submit(["train", cfg], "safeft-fault", env_vars=env, wait=False, timeout=120)
+def test_deepspeed_worker_killed_after_checkpoint_resumes_without_repeats(cluster, tmp_path, tiny_model_dir):
+    """The real trainer (ZeRO-2, 2 Ray workers), each step slowed so the test can SIGKILL rank 1 after the first
+    reported checkpoint: Ray Train restarts the group from that checkpoint (max_failures 1), the run
+    completes and exports, and the consumed-row log holds every row of the epoch exactly once."""
+    pytest.importorskip("safeft.train")
+    sets = [f"model.name_or_path={tiny_model_dir}", f"output.dir={tmp_path / 'runs'}", "output.name=fault",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.limit=120", "train.save_steps=3", "train.epochs=1",
+            "ray.num_workers=2", "ray.max_failures=1"]
+    args = ["train", str(REPO / "configs" / "examples" / "tiny.yaml"), *[x for kv in sets for x in ("--set", kv)]]
+    env = {**STANDIN_ENV, "SAFEFT_TRAIN_FN": "ray_standin:slow_real_train", "STANDIN_STEP_SECONDS": "1.0"}
+    submitted = cluster.submit(args, "safeft-fault", env_vars=env, wait=False, timeout=120)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
-    first_ckpt = run_dir / "ray" / "fault" / "step-00000003"
-    _wait_for(lambda: first_ckpt.is_dir(), 300, "first reported checkpoint")
+    run_dir = tmp_path / "runs" / "fault"
+    # Killed once Ray Train has registered the checkpoint (its snapshot names it), so the restart takes the
+    # Ray path: get_checkpoint() -> TrainHooks.resume_from on the copy in Ray storage.
+    snapshot = run_dir / "ray" / "fault" / "checkpoint_manager_snapshot.json"
+    _wait_for(lambda: snapshot.is_file() and "step-00000003" in snapshot.read_text(), 400, "registered checkpoint")
     pid_file = run_dir / "logs" / "pids" / "rank1.pid"
     victim = int(pid_file.read_text())
     os.kill(victim, signal.SIGKILL)
-    _wait_for(lambda: cluster.job_status("safeft-fault") in ("SUCCEEDED", "FAILED", "STOPPED"), 400, "job end")
-    assert cluster.job_status("safeft-fault") == "SUCCEEDED"
+    _wait_for(lambda: cluster.job_status("safeft-fault") in ("SUCCEEDED", "FAILED", "STOPPED"), 500, "job end")
+    logs = subprocess.run([RAY_BIN, "job", "logs", "--address", cluster.address, "safeft-fault"], env=cluster.env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert cluster.job_status("safeft-fault") == "SUCCEEDED", logs[-4000:]
     assert int(pid_file.read_text()) != victim, "the worker group was not restarted"
+    assert "resuming from" in logs and "step-00000003" in logs
+    rows = len(load_from_disk_rows(tmp_path / "cache"))
     consumed = _consumed(run_dir)
-    assert sorted(consumed) == list(range(24)) and set(consumed.values()) == {1}, consumed
-    assert json.loads((run_dir / "export" / "safeft_run.json").read_text())["steps"] == 12
+    assert sorted(consumed) == list(range(rows)) and set(consumed.values()) == {1}, consumed
+    assert (run_dir / "export" / "model.safetensors").is_file()
+
+
+def load_from_disk_rows(cache_dir: Path) -> list:
+    """The packed rows the trainer prepared (one dataset under the data cache)."""
+    import datasets
+
+    (data_dir,) = [p.parent for p in cache_dir.rglob("dataset_info.json")]
+    return list(range(len(datasets.load_from_disk(str(data_dir)))))
 
 
 def _wait_for(cond, timeout: float, what: str) -> None:
@@ -155,3 +177,23 @@ def test_safeft_train_ray_flag_starts_local_cluster(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "export:" in proc.stdout and "done; export at" in proc.stdout
     assert json.loads((tmp_path / "runs" / "flag" / "export" / "safeft_run.json").read_text())["world_size"] == 2
+
+
+def test_restart_without_ray_checkpoint_trims_log_to_trainer_auto_resume(tmp_path):
+    """If a worker group restarts before Ray registered any checkpoint, the trainer's `resume: auto` picks up
+    <run_dir>/checkpoints; the consumed log must be cut at that step, not at 0."""
+    pytest.importorskip("safeft.train")
+    from dataclasses import asdict
+
+    from safeft.ray_train import _trainer_auto_resume_step
+    from safeft.train.checkpoint import TrainState, tag_for
+
+    cfg = config_from_dict({"output": {"dir": str(tmp_path), "name": "r"}})
+    assert _trainer_auto_resume_step(cfg) == 0
+    root = tmp_path / "r" / "checkpoints"
+    (root / tag_for(5)).mkdir(parents=True)
+    (root / tag_for(5) / "safeft_state.json").write_text(json.dumps(asdict(TrainState(step=5))))
+    (root / "latest").write_text(tag_for(5))
+    assert _trainer_auto_resume_step(cfg) == 5
+    cfg.train.resume = "never"
+    assert _trainer_auto_resume_step(cfg) == 0

@@ -225,3 +225,19 @@ def test_launcher_rejects_a_bad_config_before_spawning(tmp_path):
     out = subprocess.run([str(REPO / "launcher" / "deepspeed" / "train.sh"), str(path), "--hostfile", str(hosts)],
                          env=cpu_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "x 4 processes = 4" in out.stderr, out.stderr
+
+
+def test_tiny_prefix_builds_the_model_dir_once(tmp_path):
+    from safeft.model import resolve_model_path
+
+    calls = []
+    path = resolve_model_path(f"tiny:{tmp_path}/m", is_main=True, barrier=lambda: calls.append(1))
+    assert path == f"{tmp_path}/m" and (tmp_path / "m" / "config.json").is_file() and calls == [1]
+    assert resolve_model_path("meta-llama/Llama-2-7b-chat-hf") == "meta-llama/Llama-2-7b-chat-hf"
+
+
+def test_export_of_a_missing_checkpoint_says_what_was_expected(tmp_path, capsys):
+    from safeft.cli import main
+
+    assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "expected a checkpoints directory with 'latest' or one step directory" in capsys.readouterr().err
