@@ -118,7 +118,11 @@ def execute_run(cfg_dict: dict, evaluate: bool) -> dict:
 
     run_cfg = config_from_dict(cfg_dict)
     started = time.time()
-    train = train_on_ray(run_cfg)
+    export = os.path.join(run_cfg.run_dir, "export")
+    if os.path.isfile(os.path.join(export, "safeft_run.json")):  # trained before; only evaluation was missing
+        train = {"export": export, "checkpoint": None, "metrics": {"skipped": "export exists"}}
+    else:
+        train = train_on_ray(run_cfg)
     result = {"export": train["export"], "checkpoint": train["checkpoint"],
               "train_metrics": train["metrics"], **evaluate_run(run_cfg, train["export"], evaluate)}
     result["seconds"] = round(time.time() - started, 1)
