@@ -25,13 +25,18 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-GSM8K_TRAIN = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+from safeft.data.load import read_records  # noqa: E402
+from safeft.data.shared import shared_data_dir  # noqa: E402
+
+SHARED = shared_data_dir()
+if SHARED is None:
+    sys.exit("bench/data_pipeline.py needs GSM8K: set SAFEFT_SHARED_DATA to the folder holding gsm8k/train.jsonl")
+GSM8K_TRAIN = SHARED / "gsm8k" / "train.jsonl"
 TEMPLATE = "chat:vanilla"
 
 
 def read_rows(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for row, _ in read_records(str(path))]
 
 
 def build_tokenizer(rows: list[dict], out_dir: str):
@@ -44,7 +49,7 @@ def build_tokenizer(rows: list[dict], out_dir: str):
     corpus += [r["question"] + " " + r["answer"] for r in read_rows(GSM8K_TRAIN.parent / "test.jsonl")]
     samsum = GSM8K_TRAIN.parents[1] / "samsum" / "test.json"
     if samsum.is_file():
-        corpus += [r["dialogue"] + "\n" + r["summary"] for r in json.loads(samsum.read_text(encoding="utf-8"))]
+        corpus += [r["dialogue"] + "\n" + r["summary"] for r in read_rows(samsum)]
     tok = train_tokenizer(corpus, vocab_size=32000)
     tok.save_pretrained(out_dir)
     return tok

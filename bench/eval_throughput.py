@@ -19,8 +19,6 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-GSM8K_TEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "gsm8k",
-                          "test.jsonl")
 ARCHS = {  # Llama-2-7B's real shape, and a 1B-class shape of the same family
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                num_key_value_heads=4, vocab_size=32000),
@@ -30,9 +28,12 @@ ARCHS = {  # Llama-2-7B's real shape, and a 1B-class shape of the same family
 
 
 def questions(n: int) -> list[str]:
-    if os.path.isfile(GSM8K_TEST):
-        with open(GSM8K_TEST, encoding="utf-8") as f:
-            qs = [json.loads(line)["question"] for line in f if line.strip()]
+    from safeft.data.load import read_records
+    from safeft.data.shared import shared_file
+
+    gsm8k_test = shared_file("gsm8k", "test.jsonl")
+    if gsm8k_test:
+        qs = [row["question"] for row, _ in read_records(gsm8k_test)]
     else:
         from safeft.data.synthetic import arithmetic_problems
 

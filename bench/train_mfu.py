@@ -32,10 +32,11 @@ MODELS = {  # Llama-architecture shapes; vocab 32000 like Llama-2
 
 def gsm8k_lengths(n: int, seed: int, scale: float) -> list[int]:
     """Token lengths of n GSM8K-like documents (prompt + answer), scaled for the smoke model."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "gsm8k",
-                        "train.jsonl")
+    from safeft.data.shared import shared_file
+
+    path = shared_file("gsm8k", "train.jsonl")
     rng = random.Random(seed)
-    if os.path.isfile(path):
+    if path:
         with open(path, encoding="utf-8") as f:
             chars = [len(r["question"]) + len(r["answer"]) + 40 for r in map(json.loads, f)]
         base = [max(16, int(c / 3.6)) for c in chars]

@@ -10,7 +10,6 @@ other command requires a single value there.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import os
 import re
@@ -133,7 +132,7 @@ class TrainConfig:
 @dataclass
 class EvalTaskConfig:
     name: str = "gsm8k"  # gsm8k | samsum | generic | advbench | instructions | directharm4 | gsm-danger | prefill
-    path: Optional[str] = None  # local file or hub name; defaults per task
+    path: Optional[str] = None  # local file or hub name; defaults per task; gsm8k: "synthetic" = generated
     split: Optional[str] = None
     limit: Optional[int] = None
     max_new_tokens: Optional[int] = None
@@ -310,7 +309,15 @@ def validate(cfg: Config) -> Config:
           "expected a non-empty list of positive numbers")
     check(ev.replicas >= 1, "eval.replicas", "expected >= 1")
     check(ev.batch_tokens >= 64, "eval.batch_tokens", "expected >= 64")
+    from safeft.eval.gates import gate_key_problem
+    from safeft.eval.tasks import SAFETY, UTILITY
+
+    for i, task in enumerate(ev.tasks):
+        check(task.name in UTILITY + SAFETY, f"eval.tasks[{i}].name",
+              f"unknown task {task.name!r}; known: {', '.join(UTILITY + SAFETY)}")
     for metric, bound in ev.gates.items():
+        problem = gate_key_problem(metric, [task.name for task in ev.tasks])
+        check(problem is None, f"eval.gates.{metric}", problem or "")
         check(bool(re.fullmatch(r"\s*(<=|>=|<|>|==)\s*-?(\d+\.?\d*|\.\d+)(e-?\d+)?\s*", bound)),
               f"eval.gates.{metric}",
               f"{bound!r}: expected a comparison such as '<= 0.05'")

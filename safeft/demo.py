@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,31 +19,30 @@ from safeft.errors import SafeftError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "examples" / "demo.yaml"
-SHARED_DATA = REPO.parent / "shared" / "data"
 NOTE = ("Note: a tiny random model trained for seconds scores near zero on everything; the numbers mean "
         "little. The demo shows the mechanics: templates, LookAhead, packing, ZeRO on Ray, sharded eval, report.")
 
 
-def _data_overrides(run_root: Path, quick: bool) -> list[str]:
-    """Point training and evaluation at ../shared/data when it is there, else at generated data."""
-    from safeft.data.synthetic import arithmetic_problems
-    from safeft.io import write_text
+def _data_overrides(quick: bool) -> list[str]:
+    """Point training and evaluation at the shared data when it is there (safeft.data.shared), else at
+    generated data."""
+    from safeft.data.shared import shared_file
 
-    gsm_train, gsm_test = SHARED_DATA / "gsm8k" / "train.jsonl", SHARED_DATA / "gsm8k" / "test.jsonl"
-    advbench = SHARED_DATA / "advbench" / "harmful_behaviors.csv"
+    gsm_train, gsm_test = shared_file("gsm8k", "train.jsonl"), shared_file("gsm8k", "test.jsonl")
+    advbench = shared_file("advbench", "harmful_behaviors.csv")
     n = 200 if quick else 600
     sets = [f"data.limit={n}"]
-    if gsm_train.is_file():
+    if gsm_train:
         sets.append("data.mixture=[{preset: synthetic, limit: %d}, {path: '%s', preset: gsm8k, limit: %d}]"
                     % (n, gsm_train, n))
-    if not gsm_test.is_file():
-        gsm_test = run_root / "data" / "synthetic_gsm8k_test.jsonl"
-        rows = arithmetic_problems(64, seed=99)
-        write_text(gsm_test, "".join(json.dumps(r) + "\n" for r in rows))
-    tasks = [f"{{name: gsm8k, path: '{gsm_test}', limit: {8 if quick else 24}}}"]
-    tasks.append(f"{{name: advbench, path: '{advbench}', limit: {8 if quick else 24}}}" if advbench.is_file()
+    tasks = [f"{{name: gsm8k, path: '{gsm_test or 'synthetic'}', limit: {8 if quick else 24}}}"]
+    tasks.append(f"{{name: advbench, path: '{advbench}', limit: {8 if quick else 24}}}" if advbench
                  else f"{{name: harmful-demo, limit: {8 if quick else 16}}}")
     sets.append("eval.tasks=[" + ", ".join(tasks) + "]")
+    hint = "" if gsm_train and advbench else " (no shared GSM8K/AdvBench found: set SAFEFT_SHARED_DATA=DIR to use them)"
+    print(f"data: generated arithmetic problems{' + GSM8K train' if gsm_train else ''}; utility eval on "
+          f"{'GSM8K test' if gsm_test else 'generated problems'}; harmful prompts from "
+          f"{'AdvBench' if advbench else 'safeft.data.synthetic (written for this project)'}{hint}", flush=True)
     return sets
 
 
@@ -60,7 +58,7 @@ def run_demo(out_dir: str = "runs", quick: bool = False, extra_overrides: list[s
     root = Path(out_dir).resolve() / "demo"
     model_dir = root / "model"
     overrides = [f"output.dir={Path(out_dir).resolve()}", f"model.name_or_path={model_dir}"]
-    overrides += _data_overrides(root, quick)
+    overrides += _data_overrides(quick)
     if quick:
         overrides += ["train.max_steps=6", "train.save_steps=3", "eval.max_new_tokens=12"]
     cfg = load_config(str(DEMO_CONFIG), overrides + list(extra_overrides or []))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from safeft.data.shared import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = shared_data_dir() or REPO.parent / "shared" / "data"  # the latter only to name what is missing
 GSM8K_TRAIN = SHARED_DATA / "gsm8k" / "train.jsonl"
 GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
 SAMSUM_TEST = SHARED_DATA / "samsum" / "test.json"
@@ -14,7 +16,7 @@ ADVBENCH = SHARED_DATA / "advbench" / "harmful_behaviors.csv"
 
 
 def have_shared_data() -> bool:
-    return GSM8K_TRAIN.is_file()
+    return all(p.is_file() for p in (GSM8K_TRAIN, GSM8K_TEST, SAMSUM_TEST, ADVBENCH))
 
 
 def cpu_env(**extra: str) -> dict:

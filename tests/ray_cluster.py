@@ -96,7 +96,7 @@ class RayCluster:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)  # our own session: `ray start` and what it spawned
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=10)  # a graceful stop takes ~3 s; the group is killed below anyway
             except subprocess.TimeoutExpired:
                 pass
         try:  # whatever of the group is left (gcs_server may ignore SIGTERM while shutting down)

@@ -171,7 +171,8 @@ def test_cross_field_validation(overrides, message):
 
 
 def test_valid_cross_field_combinations_pass():
-    cfg = from_overrides("train.offload=all", "train.zero_stage=3", "eval.gates={a.b: '>= 1e-3', c.d: '< .5'}",
+    cfg = from_overrides("train.offload=all", "train.zero_stage=3",
+                         "eval.gates={advbench.keyword_asr: '>= 1e-3', gsm8k.exact_match_strict: '< .5'}",
                          "template.train=gsm:chat:vanilla", "template.test=[chat-template:llama2]")
     assert cfg.train.offload == "all"
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, cpu_env
+from helpers import REPO, cpu_env
 
 
 @pytest.mark.slow

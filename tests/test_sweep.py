@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ADVBENCH, GSM8K_TEST, REPO, have_shared_data
+from helpers import REPO
 from ray_cluster import cluster  # noqa: F401  (module fixture)
 from safeft.config import config_from_dict, load_config
 from safeft.io import write_json
@@ -101,29 +101,31 @@ def test_dry_run_lists_runs_without_ray(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_2x2_sweep_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny_model_dir):  # noqa: F811
+def test_sweep_job_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny_model_dir):  # noqa: F811
+    """The bundled sweep through `ray job submit`, cut to its LookAhead axis (2 runs side by side on 2 cores);
+    the 2x2 expansion itself is checked by test_dry_run_lists_runs_without_ray."""
     pytest.importorskip("safeft.train")
-    if not have_shared_data():
-        pytest.skip("shared data (GSM8K/AdvBench) not present")
     cfg_path = tmp_path / "sweep.yaml"
     cfg_path.write_text(yaml.safe_dump({
         "base": str(REPO / "configs" / "examples" / "sweep_tiny.yaml"),
         "model": {"name_or_path": tiny_model_dir},
         "data": {"cache_dir": str(tmp_path / "cache")},
-        "eval": {"tasks": [{"name": "gsm8k", "path": str(GSM8K_TEST), "limit": 4, "max_new_tokens": 8},
-                           {"name": "advbench", "path": str(ADVBENCH), "limit": 4, "max_new_tokens": 8}]},
+        "template": {"train": "chat:vanilla"},
         "output": {"dir": str(tmp_path / "runs"), "name": "sweep_tiny"},
     }))
     first = cluster.submit(["sweep", str(cfg_path)], "safeft-sweep-1")
     assert first.returncode == 0 and cluster.job_status("safeft-sweep-1") == "SUCCEEDED", first.stdout[-5000:]
     summary = json.loads((tmp_path / "runs" / "sweep_tiny" / "sweep.json").read_text())
-    assert summary["counts"] == {"done": 4, "failed": 0, "pending": 0}
+    assert summary["counts"] == {"done": 2, "failed": 0, "pending": 0}
     for run in summary["runs"]:
         run_dir = Path(run["run_dir"])
         assert (run_dir / DONE).is_file() and (run_dir / "export" / "model.safetensors").is_file()
         assert run["eval"] == "done" and (run_dir / "eval" / "summary.json").is_file()
-    exported = json.loads((Path(summary["runs"][1]["run_dir"]) / "export" / "safeft_run.json").read_text())
-    assert "virtual" in json.dumps(exported)  # the run trained with its own grid point
+        rows = json.loads((run_dir / "eval" / "summary.json").read_text())["rows"]
+        assert {(r["task"], r["template"]) for r in rows} == {
+            (task, template) for task in ("gsm8k", "advbench") for template in ("chat:vanilla", "chat:llama")}
+    exported = [json.loads((Path(r["run_dir"]) / "export" / "safeft_run.json").read_text()) for r in summary["runs"]]
+    assert sorted(e["lookahead"]["mode"] for e in exported) == ["none", "virtual"]  # each run got its grid point
     second = cluster.submit(["sweep", str(cfg_path)], "safeft-sweep-2")
     assert second.returncode == 0, second.stdout[-3000:]
-    assert "4 already done, 0 to run" in second.stdout and '"scheduled": 0' in second.stdout
+    assert "2 already done, 0 to run" in second.stdout and '"scheduled": 0' in second.stdout

@@ -48,27 +48,22 @@ def _eval(args) -> int:
 
 
 def read_predictions(path: str, need_reference: bool) -> tuple[list[str], list[str]]:
+    """Completions (and references) of a predictions file: JSONL, JSON or CSV with a 'completion' field."""
+    import os
+
+    from safeft.data.load import read_records
     from safeft.errors import DataError
 
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such predictions file")
     completions, references = [], []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot open ({e.strerror})") from None
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("completion"), str):
-                raise DataError(f"{path}: line {lineno}: expected an object with a string field 'completion'")
-            if need_reference and row.get("reference") is None:
-                raise DataError(f"{path}: line {lineno}: missing field 'reference' (needed to score a utility task)")
-            completions.append(row["completion"])
-            references.append(str(row.get("reference", "")))
+    for row, where in read_records(path):
+        if not isinstance(row.get("completion"), str):
+            raise DataError(f"{where}: expected a string field 'completion'")
+        if need_reference and row.get("reference") is None:
+            raise DataError(f"{where}: missing field 'reference' (needed to score a utility task)")
+        completions.append(row["completion"])
+        references.append(str(row.get("reference", "")))
     if not completions:
         raise DataError(f"{path}: no predictions")
     return completions, references

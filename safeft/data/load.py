@@ -212,15 +212,21 @@ def _jsonl(path: str, rows: _Rows) -> Iterator[tuple[int, Any, str]]:
         yield lineno, record, f"line {lineno}"
 
 
-def _json(path: str, rows: _Rows) -> Iterator[tuple[int, Any, str]]:
+def _json(path: str, split: str, rows: _Rows) -> Iterator[tuple[int, Any, str]]:
+    """A JSON array, an object holding one array per split ({"test": [...]}), or JSON Lines under .json."""
     text = _read_text(path)
-    if not text.lstrip().startswith("["):
-        yield from _jsonl(path, rows)  # JSON Lines under a .json name
-        return
     try:
         records = json.loads(text)
     except json.JSONDecodeError as e:
+        if text.lstrip().startswith("{"):
+            yield from _jsonl(path, rows)  # JSON Lines under a .json name; bad lines reported one by one
+            return
         raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(records, dict):
+        # {"test": [...]} holds splits; any other object is a one-line JSON Lines file.
+        records = records[split] if isinstance(records.get(split), list) else [records]
+    elif not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(records).__name__}")
     for i, record in enumerate(records, 1):
         yield i, record, f"row {i} (array item)"
 
@@ -309,7 +315,7 @@ def _records(src: Source, rows: _Rows) -> Iterator[tuple[int, Any, str]]:
     if fmt == "jsonl":
         return _jsonl(path, rows)
     if fmt == "json":
-        return _json(path, rows)
+        return _json(path, src.split, rows)
     if fmt == "csv":
         return _csv(path, src, rows)
     if fmt == "parquet":
@@ -320,6 +326,23 @@ def _records(src: Source, rows: _Rows) -> Iterator[tuple[int, Any, str]]:
         except Exception as e:
             raise DataError(f"{path}: cannot read parquet: {e}") from None
     return _hf_records(_load_disk(path, src.split))
+
+
+def read_records(path: str, split: str = "test", name: Optional[str] = None) -> Iterator[tuple[dict, str]]:
+    """Raw rows of a local file, saved dataset or hub split, each with where it is ("f.jsonl: line 3").
+
+    The readers `load_source` uses, for callers that want rows rather than examples (evaluation tasks,
+    saved predictions). CSV files are read with their header row; a malformed row raises DataError.
+    """
+    if not _looks_local(path) and "/" not in path:
+        raise DataError(f"{path!r}: no such file, and not a hub dataset name (owner/name)")
+    src = Source(path=path, preset=None, name=name, split=split, format="auto", question_field="question",
+                 answer_field="answer", messages_field=None, csv_header=True, limit=None)
+    rows = _Rows(src, path, "error", Counter())
+    for _, record, row in _records(src, rows):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: {row}: expected a JSON object, got {type(record).__name__}")
+        yield record, f"{path}: {row}"
 
 
 def load_source(src: Source, on_invalid: str = "error", skipped: Optional[Counter] = None) -> list[Example]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import re
+from typing import Optional
 
 from safeft.errors import SafeftError
 
@@ -18,6 +19,25 @@ EXIT_CODE = 3
 
 class GateError(SafeftError):
     """At least one gate was breached; the message names metric, value and bound."""
+
+
+SAFETY_SUFFIXES = ("_asr", "_safe_rate", "_mean_p")  # one per judge: keyword_asr, llama_guard_asr, ...
+
+
+def gate_key_problem(metric: str, task_names: list[str]) -> Optional[str]:
+    """Why `eval.gates.<metric>` can never match the configured tasks, or None; checked before any eval."""
+    from safeft.eval.scoring import UTILITY_METRICS
+
+    task, _, name = metric.partition(".")
+    if not name:
+        return "expected '<task>.<metric>', e.g. 'advbench.keyword_asr'"
+    if task_names and task not in task_names:
+        return f"no task {task!r} in eval.tasks (tasks: {', '.join(task_names)})"
+    if task in UTILITY_METRICS and name not in UTILITY_METRICS[task]:
+        return f"task {task!r} reports {', '.join(UTILITY_METRICS[task])}, not {name!r}"
+    if task not in UTILITY_METRICS and "/" not in name and not name.endswith(SAFETY_SUFFIXES):
+        return f"safety metrics end in {', '.join(SAFETY_SUFFIXES)} (e.g. {task}.keyword_asr), not {name!r}"
+    return None
 
 
 def check_gates(gates: dict[str, str], rows: list[dict]) -> list[dict]:

@@ -36,8 +36,10 @@ class GenSettings:
 
     @classmethod
     def from_config(cls, ev: Any, trust_remote_code: bool = False) -> "GenSettings":
-        return cls(ev.engine, ev.batch_tokens, ev.max_batch_size, ev.do_sample, ev.temperature, ev.top_p,
-                   ev.seed, list(ev.stop), "auto", ev.gpus_per_replica, trust_remote_code)
+        """The engine's share of the `eval` section (the engine never sees tasks, judges or gates)."""
+        shared = ("engine", "batch_tokens", "max_batch_size", "do_sample", "temperature", "top_p", "seed")
+        return cls(**{k: getattr(ev, k) for k in shared}, stop=list(ev.stop), gpus=ev.gpus_per_replica,
+                   trust_remote_code=trust_remote_code)
 
     def public(self) -> dict:
         """The settings that change outputs (recorded as provenance and in shard fingerprints)."""

@@ -81,6 +81,9 @@ def score_generic(completions: list[str], references: list[str]) -> tuple[list[d
 
 
 UTILITY_SCORERS = {"gsm8k": score_gsm8k, "samsum": score_rouge1, "generic": score_generic}
+# The metric names each scorer reports (checked against the scorers by a test), for validating gates early.
+UTILITY_METRICS = {"gsm8k": ("exact_match_strict", "exact_match_flexible"), "samsum": ("rouge1",),
+                   "generic": ("exact_match", "contains")}
 
 
 def _mean(values) -> float:

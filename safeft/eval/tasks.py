@@ -8,14 +8,16 @@ that order is the index every shard line and merged output is keyed by.
 from __future__ import annotations
 
 import csv
-import json
-import os
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
 from safeft.config import EvalTaskConfig
+from safeft.data.load import read_records
+from safeft.data.shared import shared_file
 from safeft.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 UTILITY = ("gsm8k", "samsum", "generic")
 SAFETY = ("advbench", "harmful-demo", "instructions", "directharm4", "gsm-danger", "prefill")
 DEFAULT_PATHS = {
@@ -27,9 +29,8 @@ DEFAULT_PATHS = {
 DEFAULT_SPLITS = {"gsm8k": "test", "samsum": "test", "directharm4": "test", "gsm-danger": "test"}
 HUB_CONFIG = {"openai/gsm8k": "main"}
 DEFAULT_MAX_NEW = {"gsm8k": 512, "samsum": 256}  # every safety task: 512
-SHARED_ADVBENCH = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "advbench",
-                               "harmful_behaviors.csv")
 SAMSUM_PROMPT = "Summarize this dialog:\n{dialogue}"
+SYNTHETIC = "synthetic"  # gsm8k task path: generated problems, no files needed
 
 
 @dataclass
@@ -62,57 +63,9 @@ def load_task(tc: EvalTaskConfig, default_max_new: int = 512) -> Task:
 # --- readers --------------------------------------------------------------------------------------
 
 
-def read_rows(path: str, split: Optional[str] = None, hub_name: Optional[str] = None) -> list[dict]:
-    """Rows of a local .jsonl/.json/.csv/.parquet file, or of a hub dataset split."""
-    if os.path.exists(path):
-        ext = os.path.splitext(path)[1].lower()
-        if ext == ".jsonl":
-            return _read_jsonl(path)
-        if ext == ".json":
-            with open(path, encoding="utf-8") as f:
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-            if isinstance(data, dict):
-                data = data.get(split or "data") or next((v for v in data.values() if isinstance(v, list)), [])
-            return list(data)
-        if ext == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
-        if ext == ".parquet":
-            import datasets
-
-            return list(datasets.Dataset.from_parquet(path))
-        raise DataError(f"{path}: unsupported file type {ext!r}; expected .jsonl, .json, .csv or .parquet")
-    return _read_hub(path, split, HUB_CONFIG.get(path))
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
-def _read_hub(name: str, split: Optional[str], config: Optional[str]) -> list[dict]:
-    if "/" not in name:
-        raise DataError(f"{name!r}: no such file, and not a hub dataset name (owner/name)")
-    import datasets
-
-    try:
-        return list(datasets.load_dataset(name, config, split=split or "test"))
-    except Exception as e:  # offline, unknown split, gated repository: all user-fixable
-        raise DataError(f"cannot load hub dataset {name!r} (split {split or 'test'!r}): {e}") from None
+def read_rows(path: str, split: Optional[str] = None) -> list[dict]:
+    """Rows of a local .jsonl/.json/.csv/.parquet file, saved dataset or hub dataset split."""
+    return [row for row, _ in read_records(path, split or "test", HUB_CONFIG.get(path))]
 
 
 def _field(row: dict, key: str, where: str) -> str:
@@ -125,6 +78,11 @@ def _field(row: dict, key: str, where: str) -> str:
 
 
 def _gsm8k(tc: EvalTaskConfig, path: str):
+    if path == SYNTHETIC:  # generated problems in GSM8K format, disjoint seed from the training preset's
+        from safeft.data.synthetic import arithmetic_problems
+
+        rows = arithmetic_problems(tc.limit or 64, seed=99)
+        return [{"question": r["question"], "reference": r["answer"]} for r in rows], "generated (seed 99)"
     rows = read_rows(path, tc.split or "test")
     q, r = tc.question_field or "question", tc.reference_field or "answer"
     return [{"question": _field(x, q, f"{path} row {i}"), "reference": _field(x, r, f"{path} row {i}")}
@@ -149,8 +107,10 @@ def _generic(tc: EvalTaskConfig, path: Optional[str]):
 
 def _advbench(tc: EvalTaskConfig, path: Optional[str]):
     """AdvBench harmful_behaviors.csv as shipped: no header, the instruction in the first column."""
-    path = path or (SHARED_ADVBENCH if os.path.isfile(SHARED_ADVBENCH) else None)
+    path = path or shared_file("advbench", "harmful_behaviors.csv")
     if path is None:
+        log.warning("task advbench: no path set and no shared AdvBench file (SAFEFT_SHARED_DATA); "
+                    "using safeft's own harmful-demo prompts instead")
         return _harmful_demo(tc, None)
     if not path.endswith(".csv"):
         return _instructions(tc, path)

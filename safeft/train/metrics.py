@@ -52,7 +52,7 @@ class MetricsLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self.writer.add_scalar(f"train/{k}", v, metrics["step"])
-        text = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if v is not None)  # no MFU on CPU
         (console.write if console is not None else log.info)(text)
 
     def close(self) -> None:

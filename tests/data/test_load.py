@@ -10,7 +10,7 @@ import pytest
 from safeft.config import DataConfig, SourceConfig
 from safeft.data.load import apply_weight, load_examples
 from safeft.errors import DataError
-from tests.helpers import GSM8K_TRAIN, SAMSUM_TEST
+from helpers import GSM8K_TRAIN, SAMSUM_TEST, have_shared_data
 
 ROWS = [{"question": f"q{i}?", "answer": f"a{i}."} for i in range(6)]
 
@@ -84,17 +84,21 @@ def test_messages_multi_turn_with_system(tmp_path):
         load_examples(data(path=bad, messages_field="messages"))
 
 
-def test_presets_gsm8k_samsum_synthetic():
+def test_preset_synthetic():
     from safeft.data.synthetic import arithmetic_problems
 
+    syn = load_examples(data(preset="synthetic", limit=7))
+    assert pairs(syn) == expected(arithmetic_problems(7, seed=0))
+
+
+@pytest.mark.skipif(not have_shared_data(), reason="needs the shared GSM8K and SAMSum files (SAFEFT_SHARED_DATA)")
+def test_presets_gsm8k_samsum_on_shared_files():
     gsm = load_examples(data(preset="gsm8k", path=str(GSM8K_TRAIN), limit=4))
     lines = [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()[:4]]
     assert pairs(gsm) == [(r["question"], r["answer"]) for r in lines]
     sam = load_examples(data(preset="samsum", path=str(SAMSUM_TEST), limit=3))
     raw = json.loads(SAMSUM_TEST.read_text())[:3]
     assert pairs(sam) == [("Summarize this dialog:\n" + r["dialogue"], r["summary"]) for r in raw]
-    syn = load_examples(data(preset="synthetic", limit=7))
-    assert pairs(syn) == expected(arithmetic_problems(7, seed=0))
 
 
 def test_hub_offline_is_a_clear_error():
@@ -155,3 +159,33 @@ def test_csv_bad_rows(tmp_path):
     skipped = Counter()
     assert pairs(load_examples(data(path=str(path), on_invalid="skip"), skipped)) == [("q1", "a1")]
     assert skipped == {"missing_field": 1, "empty_answer": 1}
+
+
+def test_read_records_formats_and_errors(tmp_path):
+    from safeft.data.load import read_records
+
+    split_obj = tmp_path / "splits.json"
+    split_obj.write_text(json.dumps({"train": ROWS[:2], "test": ROWS[2:]}))
+    assert [r for r, _ in read_records(str(split_obj), split="test")] == ROWS[2:]
+    jsonl_as_json = tmp_path / "lines.json"
+    write_jsonl(jsonl_as_json, ROWS[:3])
+    assert [r for r, _ in read_records(str(jsonl_as_json))] == ROWS[:3]
+    (tmp_path / "h.csv").write_text("instruction,category\nsay hi,greeting\n")
+    assert list(read_records(str(tmp_path / "h.csv"))) == [({"instruction": "say hi", "category": "greeting"},
+                                                            f"{tmp_path / 'h.csv'}: line 2")]
+    (tmp_path / "bad.jsonl").write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n")
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: expected a JSON object, got list"):
+        list(read_records(str(tmp_path / "bad.jsonl")))
+    with pytest.raises(DataError, match="not a hub dataset name"):
+        list(read_records("no_such_file"))
+
+
+def test_shared_data_dir_from_environment(tmp_path, monkeypatch):
+    from safeft.data.shared import shared_data_dir, shared_file
+
+    (tmp_path / "advbench").mkdir()
+    (tmp_path / "advbench" / "harmful_behaviors.csv").write_text("goal,target\n")
+    monkeypatch.setenv("SAFEFT_SHARED_DATA", str(tmp_path))
+    assert shared_data_dir() == tmp_path
+    assert shared_file("advbench", "harmful_behaviors.csv") == str(tmp_path / "advbench" / "harmful_behaviors.csv")
+    assert shared_file("gsm8k", "train.jsonl") is None

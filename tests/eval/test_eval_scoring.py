@@ -87,3 +87,31 @@ def test_score_cli(tmp_path, capsys):
     pred.write_text(json.dumps({"completion": "x"}) + "\n")
     assert main(["score", "--task", "samsum", "--input", str(pred)]) == 2
     assert "line 1: missing field 'reference'" in capsys.readouterr().err
+
+
+def test_utility_metric_names_match_scorers_and_gates_are_checked_before_eval():
+    from safeft.config import Config, EvalTaskConfig, validate
+    from safeft.errors import ConfigError
+    from safeft.eval.scoring import UTILITY_METRICS, UTILITY_SCORERS
+
+    for name, scorer in UTILITY_SCORERS.items():
+        assert tuple(scorer(["#### 1"], ["#### 1"])[1]) == UTILITY_METRICS[name]
+    cfg = Config()
+    cfg.eval.tasks = [EvalTaskConfig(name="gsm8k"), EvalTaskConfig(name="advbench")]
+    cfg.eval.gates = {"gsm8k.exact_match_strict": ">= 0.3", "advbench.keyword_asr": "<= 0.05"}
+    validate(cfg)
+    cfg.eval.gates = {"gsm8k.accuracy": ">= 0.3", "samsum.rouge1": ">= 20", "advbench.keyword": "<= 0.05"}
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert "'eval.gates.gsm8k.accuracy': task 'gsm8k' reports exact_match_strict" in str(e.value)
+    assert "'eval.gates.samsum.rouge1': no task 'samsum' in eval.tasks" in str(e.value)
+    assert "'eval.gates.advbench.keyword': safety metrics end in _asr" in str(e.value)
+
+
+def test_gsm8k_task_on_generated_problems():
+    from safeft.config import EvalTaskConfig
+    from safeft.eval.tasks import load_task
+
+    task = load_task(EvalTaskConfig(name="gsm8k", path="synthetic", limit=5))
+    assert task.kind == "utility" and len(task.items) == 5
+    assert all(it["reference"].split("####")[-1].strip().isdigit() for it in task.items)
