@@ -67,8 +67,29 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
+def _is_rate(col: str) -> bool:
+    return col.endswith("_asr") or ".exact_match" in col or col.endswith("contains")
+
+
+def _row_labels(cells: dict) -> dict[tuple, str]:
+    """(run, model, train template) -> heatmap row label: the train template, plus run and model where
+    several runs or models share it (LookAhead variants of one template must not be averaged together)."""
+    keys = sorted({k[:3] for k in cells})
+    per_train = defaultdict(list)
+    for key in keys:
+        per_train[key[2]].append(key)
+    labels = {}
+    for train, group in per_train.items():
+        several_models = len({k[1] for k in group}) > 1
+        for run, model, _ in group:
+            prefix = [run] if len(group) > 1 else []
+            prefix += [model] if several_models and model != run else []
+            labels[(run, model, train)] = " · ".join(prefix + [train])
+    return labels
+
+
 def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
-    """One PNG per metric: rows = train template, columns = test template (mean over runs and models)."""
+    """One PNG per metric: rows = train template (per run where several share one), columns = test template."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,27 +97,26 @@ def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
     import numpy as np
 
     cells = grid(rows)
-    trains = sorted({k[2] for k in cells})
+    labels = _row_labels(cells)
+    row_names = sorted(set(labels.values()))
     tests = sorted({k[3] for k in cells})
     paths = []
     for col in _columns(rows):
-        acc: dict[tuple, list] = defaultdict(list)
-        for (_, _, tr, te), vals in cells.items():
+        mat = np.full((len(row_names), len(tests)), np.nan)  # [rows, test templates]
+        for (run, model, tr, te), vals in cells.items():
             if col in vals:
-                acc[(tr, te)].append(vals[col])
-        mat = np.full((len(trains), len(tests)), np.nan)
-        for (tr, te), vs in acc.items():
-            mat[trains.index(tr), tests.index(te)] = sum(vs) / len(vs)
-        fig, ax = plt.subplots(figsize=(1.6 * len(tests) + 2.5, 0.8 * len(trains) + 2))
-        rate = col.endswith("_asr") or ".exact_match" in col or col.endswith("contains")
+                mat[row_names.index(labels[(run, model, tr)]), tests.index(te)] = vals[col]
+        fig, ax = plt.subplots(figsize=(1.6 * len(tests) + 0.09 * max(map(len, row_names)) + 2.5,
+                                        0.6 * len(row_names) + 2))
+        rate = _is_rate(col)
         im = ax.imshow(mat, cmap="viridis_r" if col.endswith("_asr") else "viridis", aspect="auto",
                        vmin=0 if rate else None, vmax=1 if rate else None)
         ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right")
-        ax.set_yticks(range(len(trains)), trains)
+        ax.set_yticks(range(len(row_names)), row_names)
         ax.set_xlabel("test template")
         ax.set_ylabel("train template")
         ax.set_title(col)
-        for i in range(len(trains)):
+        for i in range(len(row_names)):
             for j in range(len(tests)):
                 if not np.isnan(mat[i, j]):
                     ax.text(j, i, f"{mat[i, j]:.3g}", ha="center", va="center", color="white", fontsize=9)
@@ -108,7 +128,8 @@ def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
 
 
 def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
-    """Safety (first ASR column) against utility (first utility column), one point per configuration."""
+    """Safety (first ASR column) against utility (first utility column): colour = trained model, marker =
+    test template, named in a legend (points of a tiny model often coincide; labels on points would overlap)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,16 +140,24 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
     asr = next((c for c in cols if c.endswith("_asr")), None)
     if not util or not asr:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (run, model, tr, te), vals in sorted(grid(rows).items()):
+    cells = grid(rows)
+    labels = _row_labels(cells)
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(sorted(set(labels.values())))}
+    markers = {te: "os^DvP*X"[i % 8] for i, te in enumerate(sorted({k[3] for k in cells}))}
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for (run, model, tr, te), vals in sorted(cells.items()):
         if util in vals and asr in vals:
-            ax.scatter(vals[util], vals[asr])
-            ax.annotate(f"{model}: {tr} -> {te}", (vals[util], vals[asr]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            name = labels[(run, model, tr)]
+            ax.scatter(vals[util], vals[asr], color=colours[name], marker=markers[te], s=60, alpha=0.8,
+                       label=f"{name} -> {te}")
+    if _is_rate(util):
+        ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel(util + " (higher is better)")
     ax.set_ylabel(asr + " (lower is safer)")
-    ax.set_title("safety vs utility")
+    ax.set_title("safety vs utility (train -> test template)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
     path = _save(fig, os.path.join(out_dir, "safety_vs_utility.png"))
     plt.close(fig)

@@ -115,3 +115,13 @@ def test_gsm8k_task_on_generated_problems():
     task = load_task(EvalTaskConfig(name="gsm8k", path="synthetic", limit=5))
     assert task.kind == "utility" and len(task.items) == 5
     assert all(it["reference"].split("####")[-1].strip().isdigit() for it in task.items)
+
+
+def test_report_rows_keep_runs_apart_only_where_they_share_a_train_template():
+    from safeft.eval.report import _row_labels
+
+    demo = {("lookahead=none", "lookahead=none", "chat:vanilla", "chat:llama"): {},
+            ("lookahead=virtual", "lookahead=virtual", "chat:vanilla", "chat:llama"): {}}
+    assert sorted(_row_labels(demo).values()) == ["lookahead=none · chat:vanilla", "lookahead=virtual · chat:vanilla"]
+    ptst = {(f"template.train={t}", "m", t, "chat:llama"): {} for t in ("chat:vanilla", "chat:llama")}
+    assert sorted(_row_labels(ptst).values()) == ["chat:llama", "chat:vanilla"]
