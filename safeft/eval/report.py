@@ -71,25 +71,32 @@ def _is_rate(col: str) -> bool:
     return col.endswith("_asr") or ".exact_match" in col or col.endswith("contains")
 
 
+def _variant(run: str) -> str:
+    """A sweep run's name without its seed and train-template parts: 'lookahead=virtual,seed=42' -> 'lookahead=virtual'."""
+    return ",".join(p for p in run.split(",") if not p.startswith(("seed=", "train=")))
+
+
 def _row_labels(cells: dict) -> dict[tuple, str]:
-    """(run, model, train template) -> heatmap row label: the train template, plus run and model where
-    several runs or models share it (LookAhead variants of one template must not be averaged together)."""
-    keys = sorted({k[:3] for k in cells})
-    per_train = defaultdict(list)
-    for key in keys:
-        per_train[key[2]].append(key)
+    """(run, model, train template) -> plot row label: the train template, plus the run's variant and model
+    where several share that template. Seeds share a label, so plots average them; LookAhead variants of one
+    template get labels of their own and are never averaged together."""
+    per_train = defaultdict(set)
+    for run, model, train, _ in cells:
+        per_train[train].add((run, model))
     labels = {}
-    for train, group in per_train.items():
-        several_models = len({k[1] for k in group}) > 1
-        for run, model, _ in group:
-            prefix = [run] if len(group) > 1 else []
+    for train, members in per_train.items():
+        several_variants = len({_variant(run) for run, _ in members}) > 1
+        several_models = len({model for _, model in members}) > 1
+        for run, model in members:
+            prefix = [_variant(run)] if several_variants else []
             prefix += [model] if several_models and model != run else []
             labels[(run, model, train)] = " · ".join(prefix + [train])
     return labels
 
 
 def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
-    """One PNG per metric: rows = train template (per run where several share one), columns = test template."""
+    """One PNG per metric: rows = train template (per variant where several share one; seeds averaged),
+    columns = test template."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,10 +109,13 @@ def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
     tests = sorted({k[3] for k in cells})
     paths = []
     for col in _columns(rows):
-        mat = np.full((len(row_names), len(tests)), np.nan)  # [rows, test templates]
+        acc: dict[tuple, list] = defaultdict(list)  # (row label, test template) -> values of its seeds
         for (run, model, tr, te), vals in cells.items():
             if col in vals:
-                mat[row_names.index(labels[(run, model, tr)]), tests.index(te)] = vals[col]
+                acc[(labels[(run, model, tr)], te)].append(vals[col])
+        mat = np.full((len(row_names), len(tests)), np.nan)  # [rows, test templates], mean over seeds
+        for (name, te), values in acc.items():
+            mat[row_names.index(name), tests.index(te)] = sum(values) / len(values)
         fig, ax = plt.subplots(figsize=(1.6 * len(tests) + 0.09 * max(map(len, row_names)) + 2.5,
                                         0.6 * len(row_names) + 2))
         rate = _is_rate(col)
@@ -145,14 +155,19 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(sorted(set(labels.values())))}
     markers = {te: "os^DvP*X"[i % 8] for i, te in enumerate(sorted({k[3] for k in cells}))}
     fig, ax = plt.subplots(figsize=(9, 4.8))
+    named = set()
     for (run, model, tr, te), vals in sorted(cells.items()):
         if util in vals and asr in vals:
             name = labels[(run, model, tr)]
+            legend = f"{name} -> {te}"
             ax.scatter(vals[util], vals[asr], color=colours[name], marker=markers[te], s=60, alpha=0.8,
-                       label=f"{name} -> {te}")
-    if _is_rate(util):
-        ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
+                       label=None if legend in named else legend)  # seeds: one point each, one legend entry
+            named.add(legend)
+    xs = [v[util] for v in cells.values() if util in v and asr in v]
+    ys = [v[asr] for v in cells.values() if util in v and asr in v]
+    if xs:
+        ax.set_xlim(*_limits(xs, _is_rate(util)))
+        ax.set_ylim(*_limits(ys, True))
     ax.set_xlabel(util + " (higher is better)")
     ax.set_ylabel(asr + " (lower is safer)")
     ax.set_title("safety vs utility (train -> test template)")
@@ -162,6 +177,15 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
     path = _save(fig, os.path.join(out_dir, "safety_vs_utility.png"))
     plt.close(fig)
     return path
+
+
+def _limits(values: list[float], rate: bool) -> tuple[float, float]:
+    """Axis limits around the data with a minimum span (a lone point still gets readable axes), kept inside
+    [0, 1] for rates."""
+    lo, hi = min(values), max(values)
+    pad = max(0.05, 0.1 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    return (max(lo, -0.02), min(hi, 1.02)) if rate else (lo, hi)
 
 
 def _save(fig, path: str) -> str:

@@ -117,11 +117,14 @@ def test_gsm8k_task_on_generated_problems():
     assert all(it["reference"].split("####")[-1].strip().isdigit() for it in task.items)
 
 
-def test_report_rows_keep_runs_apart_only_where_they_share_a_train_template():
+def test_report_rows_keep_variants_apart_and_average_seeds():
     from safeft.eval.report import _row_labels
 
     demo = {("lookahead=none", "lookahead=none", "chat:vanilla", "chat:llama"): {},
             ("lookahead=virtual", "lookahead=virtual", "chat:vanilla", "chat:llama"): {}}
     assert sorted(_row_labels(demo).values()) == ["lookahead=none · chat:vanilla", "lookahead=virtual · chat:vanilla"]
-    ptst = {(f"template.train={t}", "m", t, "chat:llama"): {} for t in ("chat:vanilla", "chat:llama")}
-    assert sorted(_row_labels(ptst).values()) == ["chat:llama", "chat:vanilla"]
+    ptst = {(f"train={t.replace(':', '-')},seed={s}", "m", t, "chat:llama"): {}
+            for t in ("chat:vanilla", "chat:llama") for s in (42, 43)}
+    labels = _row_labels(ptst)
+    assert sorted(set(labels.values())) == ["chat:llama", "chat:vanilla"]  # seeds share a row: averaged
+    assert labels[("train=chat-llama,seed=43", "m", "chat:llama")] == "chat:llama"
