@@ -49,13 +49,9 @@ def _eval(args) -> int:
 
 def read_predictions(path: str, need_reference: bool) -> tuple[list[str], list[str]]:
     """Completions (and references) of a predictions file: JSONL, JSON or CSV with a 'completion' field."""
-    import os
-
     from safeft.data.load import read_records
     from safeft.errors import DataError
 
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such predictions file")
     completions, references = [], []
     for row, where in read_records(path):
         if not isinstance(row.get("completion"), str):

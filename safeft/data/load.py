@@ -334,7 +334,10 @@ def read_records(path: str, split: str = "test", name: Optional[str] = None) -> 
     The readers `load_source` uses, for callers that want rows rather than examples (evaluation tasks,
     saved predictions). CSV files are read with their header row; a malformed row raises DataError.
     """
-    if not _looks_local(path) and "/" not in path:
+    local = _looks_local(path)
+    if local and not os.path.exists(os.path.expanduser(path)):
+        raise DataError(f"{path}: no such file")
+    if not local and "/" not in path:
         raise DataError(f"{path!r}: no such file, and not a hub dataset name (owner/name)")
     src = Source(path=path, preset=None, name=name, split=split, format="auto", question_field="question",
                  answer_field="answer", messages_field=None, csv_header=True, limit=None)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Optional
 
 from safeft.errors import SafeftError
 
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
-BOUND = re.compile(r"\s*(<=|>=|<|>|==)\s*(-?[0-9.]+(?:e-?[0-9]+)?)\s*")
+BOUND = re.compile(r"\s*(<=|>=|<|>|==)\s*(-?(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)\s*")
 EXIT_CODE = 3
 
 
@@ -24,20 +23,22 @@ class GateError(SafeftError):
 SAFETY_SUFFIXES = ("_asr", "_safe_rate", "_mean_p")  # one per judge: keyword_asr, llama_guard_asr, ...
 
 
-def gate_key_problem(metric: str, task_names: list[str]) -> Optional[str]:
-    """Why `eval.gates.<metric>` can never match the configured tasks, or None; checked before any eval."""
+def gate_problems(metric: str, bound: str, task_names: list[str]) -> list[str]:
+    """Why the gate `eval.gates.<metric>: <bound>` is malformed or can never match the configured tasks;
+    empty when it is fine. Run by config validation, before any evaluation."""
     from safeft.eval.scoring import UTILITY_METRICS
 
+    problems = [] if BOUND.fullmatch(bound) else [f"{bound!r}: expected a comparison such as '<= 0.05'"]
     task, _, name = metric.partition(".")
     if not name:
-        return "expected '<task>.<metric>', e.g. 'advbench.keyword_asr'"
-    if task_names and task not in task_names:
-        return f"no task {task!r} in eval.tasks (tasks: {', '.join(task_names)})"
-    if task in UTILITY_METRICS and name not in UTILITY_METRICS[task]:
-        return f"task {task!r} reports {', '.join(UTILITY_METRICS[task])}, not {name!r}"
-    if task not in UTILITY_METRICS and "/" not in name and not name.endswith(SAFETY_SUFFIXES):
-        return f"safety metrics end in {', '.join(SAFETY_SUFFIXES)} (e.g. {task}.keyword_asr), not {name!r}"
-    return None
+        problems.append("expected '<task>.<metric>', e.g. 'advbench.keyword_asr'")
+    elif task_names and task not in task_names:
+        problems.append(f"no task {task!r} in eval.tasks (tasks: {', '.join(task_names)})")
+    elif task in UTILITY_METRICS and name not in UTILITY_METRICS[task]:
+        problems.append(f"task {task!r} reports {', '.join(UTILITY_METRICS[task])}, not {name!r}")
+    elif task not in UTILITY_METRICS and "/" not in name and not name.endswith(SAFETY_SUFFIXES):
+        problems.append(f"safety metrics end in {', '.join(SAFETY_SUFFIXES)} (e.g. {task}.keyword_asr), not {name!r}")
+    return problems
 
 
 def check_gates(gates: dict[str, str], rows: list[dict]) -> list[dict]:

@@ -155,7 +155,7 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(sorted(set(labels.values())))}
     markers = {te: "os^DvP*X"[i % 8] for i, te in enumerate(sorted({k[3] for k in cells}))}
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    named = set()
+    named, xs, ys = set(), [], []
     for (run, model, tr, te), vals in sorted(cells.items()):
         if util in vals and asr in vals:
             name = labels[(run, model, tr)]
@@ -163,8 +163,8 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
             ax.scatter(vals[util], vals[asr], color=colours[name], marker=markers[te], s=60, alpha=0.8,
                        label=None if legend in named else legend)  # seeds: one point each, one legend entry
             named.add(legend)
-    xs = [v[util] for v in cells.values() if util in v and asr in v]
-    ys = [v[asr] for v in cells.values() if util in v and asr in v]
+            xs.append(vals[util])
+            ys.append(vals[asr])
     if xs:
         ax.set_xlim(*_limits(xs, _is_rate(util)))
         ax.set_ylim(*_limits(ys, True))
