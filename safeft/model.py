@@ -136,8 +136,14 @@ def load_model(mcfg: Any, zero_stage: int, ds_config: dict | None = None, dtype:
     if zero_stage == 3 and not all(hasattr(p, "ds_id") for p in model.parameters()):
         log.warning("ZeRO-3: the model was not built inside deepspeed.zero.Init; every rank holds it whole")
     model.config.use_cache = False
+    # from_pretrained returns eval mode, DeepSpeed never calls .train(), and transformers checkpoints a layer
+    # only when `gradient_checkpointing and training`: without this, checkpointing is silently off.
+    model.train()
     if mcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not any(getattr(m, "gradient_checkpointing", False) and m.training for m in model.modules()):
+            raise SafeftError(f"config key 'model.gradient_checkpointing': {type(model).__name__} has no layer "
+                              "that checkpoints in training mode; set it to false or use a model that supports it")
     log.info("model %s: attention %s, dtype %s, ZeRO-%d", mcfg.name_or_path, attn_implementation,
              dtype, zero_stage)
     return model, keepalive

@@ -1,0 +1,75 @@
+"""Gradient checkpointing is really on when `model.gradient_checkpointing: true` (the model is loaded by
+`load_model`, the trainer's own loader): layers recompute in backward, peak memory falls, the loss is the same."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, cpu_env
+
+# One process measures both settings. Large blocks are mmap'ed (MALLOC_MMAP_THRESHOLD_), so freed
+# activations go back to the OS and each setting's peak RSS (VmHWM, reset through clear_refs) is its own.
+SCRIPT = r"""
+import json, sys
+import torch
+from types import SimpleNamespace
+from safeft.loss import CausalLMWithLoss
+from safeft.model import load_model
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+def run(checkpointing):
+    mcfg = SimpleNamespace(name_or_path=sys.argv[1], revision=None, trust_remote_code=False,
+                           gradient_checkpointing=checkpointing)
+    model, _ = load_model(mcfg, 2, None, torch.float32, "sdpa")
+    calls = []
+    for layer in model.model.layers:  # the MLP inside each checkpointed layer: its forward reruns in backward
+        layer.mlp.register_forward_pre_hook(lambda *a: calls.append(1))
+    wrapped = CausalLMWithLoss(model, "standard")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 500, (1, int(sys.argv[2])), generator=g)  # [1, T]
+    pos = torch.arange(ids.shape[1])[None]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := current RSS
+    before = rss_kib("VmRSS:")
+    loss, _ = wrapped(input_ids=ids, position_ids=pos, labels=ids)
+    loss.backward()
+    peak = rss_kib("VmHWM:") - before
+    grad = model.model.layers[0].mlp.down_proj.weight.grad.clone()
+    return {"loss": float(loss), "peak_kib": peak, "layer_calls": len(calls), "grad_sum": float(grad.abs().sum()),
+            "training": model.training}
+
+print("RESULT", json.dumps({"off": run(False), "on": run(True)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def deep_model_dir(tmp_path_factory):
+    from safeft.tiny import tiny_llama
+
+    path = tmp_path_factory.mktemp("deep") / "model"
+    tiny_llama(512, layers=16, hidden=128, heads=4, kv_heads=2, intermediate=344, max_positions=4096).save_pretrained(
+        path, safe_serialization=True)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_recomputes_and_saves_memory(deep_model_dir):
+    """16 layers at 2048 tokens: every layer runs twice (forward + recompute), peak RSS of forward+backward is
+    at least 20% lower, loss and gradients are identical. Before the fix the model stayed in eval mode."""
+    layers = 16
+    out = subprocess.run([sys.executable, "-c", SCRIPT, deep_model_dir, "2048"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env=cpu_env(MALLOC_MMAP_THRESHOLD_="65536"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[7:])
+    off, on = res["off"], res["on"]
+    assert off["training"] and on["training"], res
+    assert off["layer_calls"] == layers and on["layer_calls"] == 2 * layers, res
+    assert on["loss"] == off["loss"] and on["grad_sum"] == pytest.approx(off["grad_sum"], rel=1e-6)
+    assert on["peak_kib"] <= 0.8 * off["peak_kib"], res
