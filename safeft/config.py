@@ -126,6 +126,12 @@ class TrainConfig:
     export_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: the training dtype
     constrained_betas: list[float] = field(default_factory=lambda: [0.5, 2.0, 2.0, 2.0, 2.0])
     constrained_beta_rest: float = 0.1
+    # ZeRO-3 keeps parameters with fewer elements than this whole on every rank; None = DeepSpeed's default (1e5)
+    zero3_param_persistence_threshold: Optional[int] = None
+    # auto: torch AdamW (fused on CUDA), DeepSpeedCPUAdam when the optimizer is offloaded; deepspeed: FusedAdam /
+    # CPUAdam (compiled ops, checked before start); torch: torch AdamW always
+    optimizer: Literal["auto", "torch", "deepspeed"] = "auto"
+    dist_timeout_minutes: float = 60.0  # process-group timeout: export, checkpoint and resume wait in collectives
 
 
 @dataclass
@@ -304,6 +310,9 @@ def validate(cfg: Config) -> Config:
           "'all' offloads parameters, which needs train.zero_stage: 3 (ZeRO-2 can offload only the optimizer)")
     check(tr.deepspeed_config is None or os.path.isfile(tr.deepspeed_config), "train.deepspeed_config",
           f"{tr.deepspeed_config!r} does not exist")
+    check(tr.zero3_param_persistence_threshold is None or tr.zero3_param_persistence_threshold >= 0,
+          "train.zero3_param_persistence_threshold", "expected >= 0 or null (DeepSpeed's default)")
+    check(tr.dist_timeout_minutes > 0, "train.dist_timeout_minutes", "expected > 0")
     check(len(tr.constrained_betas) >= 1 and all(b > 0 for b in tr.constrained_betas), "train.constrained_betas",
           "expected a non-empty list of positive numbers")
     check(ev.replicas >= 1, "eval.replicas", "expected >= 1")

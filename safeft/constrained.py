@@ -108,7 +108,10 @@ def compute_reference_logprobs(model: Any, dataset: Any, batch_size: int = 1, pa
 
     collate = PackedCollator(pad_token_id)
     device = next(model.parameters()).device
-    indices = list(range(rank, len(dataset), world_size))
+    indices: list[Optional[int]] = list(range(rank, len(dataset), world_size))
+    # Under ZeRO-3 every forward is a collective (parameter all-gathers): every rank must run the same
+    # number of forwards, so the shorter shards are padded with dummy rows (None) whose results are dropped.
+    indices += [None] * (-(-len(dataset) // world_size) - len(indices))
     result: dict[int, list[float]] = {}
     was_training = model.training
     model.eval()
@@ -116,15 +119,16 @@ def compute_reference_logprobs(model: Any, dataset: Any, batch_size: int = 1, pa
         with torch.no_grad():
             for s in tqdm(range(0, len(indices), batch_size), desc="reference log-probs", disable=not progress):
                 idx = indices[s:s + batch_size]
-                rows = [dataset[i] for i in idx]
-                batch = collate(rows)
+                rows = [dataset[i] if i is not None else None for i in idx]
+                batch = collate(rows)  # a None row becomes one pad token
                 logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                                attention_mask=None, use_cache=False).logits  # [1, T, V]
                 logp = token_logprobs(logits, batch["labels"].to(device))[0].cpu()  # [T]
                 offset = 0
                 for i, row in zip(idx, rows):
-                    n = len(row["input_ids"])
-                    result[i] = logp[offset:offset + n].tolist()
+                    n = len(row["input_ids"]) if row is not None else 1
+                    if i is not None:
+                        result[i] = logp[offset:offset + n].tolist()
                     offset += n
     finally:
         model.train(was_training)

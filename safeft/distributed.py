@@ -20,7 +20,10 @@ from typing import Any, Optional
 from safeft.errors import ConfigError
 
 # bf16 dense peak FLOP/s per device, for MFU; matched by substring of the device name.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12}
+# Ordered by specificity: the first key found in the name wins ("H100 PCIe" before "H100").
+PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
+              "A10G": 125e12, "L40S": 362e12, "L4": 121e12}
+PINNED_DEVICE_ENV = "SAFEFT_CUDA_DEVICE"  # set by a launcher (Ray) that already chose this process's GPU
 
 
 @dataclass
@@ -62,20 +65,28 @@ def device_type() -> str:
     return get_accelerator().device_name()  # "cuda" or "cpu"
 
 
-def init(env: DistEnv) -> Any:
-    """Export the env (DeepSpeed reads it), join the process group once, return this rank's device."""
+def init(env: DistEnv, timeout_minutes: float = 60.0) -> Any:
+    """Export the env (DeepSpeed reads it), join the process group once, return this rank's device.
+
+    The timeout bounds every collective wait (DeepSpeed's default is 10 minutes, less than rank 0 needs
+    to write a 70B export or convert a checkpoint while the others wait).
+    """
+    from datetime import timedelta
+
     import deepspeed
     import torch
 
     os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
                       MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
     kind = device_type()
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if kind == "cuda" else "gloo", verbose=False)
     if kind == "cuda":
-        torch.cuda.set_device(env.local_rank)
-        return torch.device("cuda", env.local_rank)
-    return torch.device("cpu")
+        # Under Ray the worker's GPU is Ray's choice, not LOCAL_RANK (Ray's ids are not in local-rank order).
+        index = int(os.environ.get(PINNED_DEVICE_ENV, env.local_rank))
+        torch.cuda.set_device(index)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if kind == "cuda" else "gloo", verbose=False,
+                                   timeout=timedelta(minutes=timeout_minutes))
+    return torch.device("cuda", index) if kind == "cuda" else torch.device("cpu")
 
 
 def barrier() -> None:
@@ -133,10 +144,16 @@ def _typed_ds_config(cfg, world_size: int, bf16: bool, cpu: bool) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": not cpu}
     if tr.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if tr.zero3_param_persistence_threshold is not None:
+            zero["stage3_param_persistence_threshold"] = tr.zero3_param_persistence_threshold
     opt_params: dict[str, Any] = {"lr": _first(tr.lr), "betas": list(tr.adam_betas), "eps": tr.adam_eps,
                                   "weight_decay": tr.weight_decay}
-    if cpu and not offload_opt:
-        opt_params["torch_adam"] = True  # FusedAdam is CUDA-only
+    if optimizer_kind(tr) == "torch":  # torch AdamW: no compiled DeepSpeed op
+        opt_params["torch_adam"] = True
+        if not cpu and not offload_opt:
+            opt_params["fused"] = True  # torch's fused CUDA AdamW (foreach is the default elsewhere)
+        if offload_opt:
+            zero["zero_force_ds_cpu_optimizer"] = False  # torch AdamW on the offloaded fp32 states
     return {
         "train_micro_batch_size_per_gpu": tr.micro_batch_size,
         "gradient_accumulation_steps": tr.gradient_accumulation_steps,
@@ -152,6 +169,51 @@ def _typed_ds_config(cfg, world_size: int, bf16: bool, cpu: bool) -> dict:
 
 def _first(v):
     return v[0] if isinstance(v, list) else v
+
+
+def optimizer_kind(tr) -> str:
+    """'torch' (AdamW, nothing to compile) or 'deepspeed' (FusedAdam / DeepSpeedCPUAdam) for train.optimizer."""
+    if tr.optimizer != "auto":
+        return tr.optimizer
+    return "deepspeed" if tr.offload in ("optimizer", "all") else "torch"  # CPUAdam is far faster offloaded
+
+
+def check_optimizer_ops(ds_config: dict, cpu: Optional[bool] = None) -> None:
+    """Fail before start, naming the key, when the DeepSpeed optimizer op this run needs cannot be built here."""
+    if ds_config.get("optimizer", {}).get("params", {}).get("torch_adam"):
+        return
+    cpu = device_type() == "cpu" if cpu is None else cpu
+    offloaded = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+    name = "CPUAdamBuilder" if offloaded else "FusedAdamBuilder"
+    problem = _op_problem(name, cpu)
+    if problem:
+        raise ConfigError(f"config key 'train.optimizer': DeepSpeed's {name.replace('Builder', '')} is needed "
+                          f"but {problem}; set train.optimizer: torch (torch AdamW, nothing to compile), or "
+                          f"install a DeepSpeed built with DS_BUILD_{'CPU_ADAM' if offloaded else 'FUSED_ADAM'}=1")
+
+
+def _op_problem(builder_name: str, cpu: bool) -> Optional[str]:
+    from deepspeed.accelerator import get_accelerator
+
+    try:
+        from deepspeed.git_version_info import installed_ops
+    except ImportError:
+        installed_ops = {}
+    builder = get_accelerator().get_op_builder(builder_name)
+    if builder is None:
+        return f"the {get_accelerator().device_name()} accelerator has no {builder_name}"
+    op = builder()
+    if installed_ops.get(op.name):
+        return None  # prebuilt into the wheel
+    if not op.is_compatible(verbose=False):
+        return "its op builder reports it incompatible with this machine (is_compatible() is False)"
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        return "it is not prebuilt and compiling it at start needs ninja, which is not installed"
+    if not cpu and cpp_extension.CUDA_HOME is None:
+        return "it is not prebuilt and compiling it at start needs the CUDA toolkit (nvcc, CUDA_HOME), not found"
+    return None
 
 
 def _fill_auto(base: Any, typed: Any) -> Any:

@@ -1,8 +1,8 @@
 """Export a trained model as a Hugging Face directory: safetensors weights, config, tokenizer, safeft_run.json.
 
-From a live engine every rank takes part in the ZeRO-3 16-bit consolidation (a collective; rank 0 gets
-the full state dict and writes). Offline, `export_checkpoint` consolidates a DeepSpeed checkpoint with
-`deepspeed.utils.zero_to_fp32`. `safeft_run.json` tells the evaluator how the model was trained and which
+Both paths stream: from a live engine every rank gathers one decoder layer (or shard-sized unit) at a
+time and rank 0 appends it to the current safetensors shard; offline, `export_checkpoint` merges one
+tensor at a time from DeepSpeed's memory-mapped fp32 partitions (`zero_to_fp32` lazy mode). `safeft_run.json` tells the evaluator how the model was trained and which
 template to test it with (PTST: the safety prompt at test time).
 """
 
@@ -44,35 +44,122 @@ def _strip(state: dict, prefix: str = "model.") -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
-def _fits_in_memory(n_bytes: int) -> bool:
-    import psutil
+SHARD_BYTES = 5 * 2**30  # the Hub's usual shard size
 
-    free = psutil.virtual_memory().available
-    if n_bytes * 1.2 > free:
-        log.error("export needs about %.1f GiB of CPU memory, %.1f GiB are free", n_bytes / 2**30, free / 2**30)
-        return False
-    return True
+
+class ShardWriter:
+    """Appends tensors to safetensors shards of at most `max_shard_bytes`, each written as soon as it fills.
+
+    At most one shard's tensors are held (`held_bytes`; its peak in `peak_bytes`); `close()` names the files
+    like `save_pretrained` does (model.safetensors, or model-0000i-of-0000n.safetensors + index).
+    """
+
+    def __init__(self, out_dir: str, max_shard_bytes: int = SHARD_BYTES):
+        self.dir, self.max_bytes = out_dir, max_shard_bytes
+        self.pending: dict = {}
+        self.held_bytes = self.peak_bytes = self.total_bytes = 0
+        self.shards: list[tuple[str, list[str]]] = []  # (temporary file name, tensor names)
+
+    def add(self, name: str, tensor) -> None:
+        n = tensor.numel() * tensor.element_size()
+        if self.pending and self.held_bytes + n > self.max_bytes:
+            self.flush()
+        self.pending[name] = _own_storage(tensor.contiguous())
+        self.held_bytes += n
+        self.total_bytes += n
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        name = f"shard-{len(self.shards):05d}.partial"
+        save_file(self.pending, os.path.join(self.dir, name), metadata={"format": "pt"})
+        self.shards.append((name, list(self.pending)))
+        self.pending, self.held_bytes = {}, 0
+
+    def close(self) -> None:
+        self.flush()
+        n = len(self.shards)
+        weight_map = {}
+        for i, (tmp, names) in enumerate(self.shards):
+            final = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(os.path.join(self.dir, tmp), os.path.join(self.dir, final))
+            weight_map.update({k: final for k in names})
+        if n > 1:
+            write_json(os.path.join(self.dir, "model.safetensors.index.json"),
+                       {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map})
+
+
+def _units(module, prefix: str, budget: int, seen: set):
+    """[(name, tensor)] groups of `module`'s parameters of at most `budget` elements (or one module's own),
+    walking down the module tree: a decoder layer is usually one unit. Tied parameters come once."""
+    size = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if id(p) not in seen)
+    children = list(module.named_children())
+    if size <= budget or not children:
+        group = [(prefix + n, p) for n, p in module.named_parameters() if id(p) not in seen]
+        seen.update(id(p) for _, p in group)
+        if group:
+            yield group
+        return
+    own = [(prefix + n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]
+    seen.update(id(p) for _, p in own)
+    if own:
+        yield own
+    for name, child in children:
+        yield from _units(child, f"{prefix}{name}.", budget, seen)
+
+
+def _persistent_buffers(model) -> dict:
+    out = {}
+    for mod_name, mod in model.named_modules():
+        for name, buf in mod.named_buffers(recurse=False):
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                out[f"{mod_name}.{name}" if mod_name else name] = buf
+    return out
 
 
 def export_from_engine(engine, hf_model, tokenizer, out_dir: str, record: dict, dtype, zero_stage: int,
-                       rank: int, all_reduce_sum) -> Optional[str]:
-    """Every rank calls this. Returns out_dir on rank 0, None elsewhere."""
-    import torch
+                       rank: int, max_shard_bytes: int = SHARD_BYTES) -> Optional[str]:
+    """Every rank calls this. Returns out_dir on rank 0, None elsewhere.
 
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in hf_model.parameters())
-    ok = torch.tensor([float(rank != 0 or _fits_in_memory(n_params * dtype.itemsize))])
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if float(all_reduce_sum(ok)) < world:  # every rank stops together instead of hanging in the collective
-        raise SafeftError(f"export to {out_dir!r}: not enough free CPU memory on rank 0 to consolidate "
-                          f"{n_params / 1e9:.1f}B parameters; export offline with 'safeft export CHECKPOINT OUT'")
-    if zero_stage == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0 only
-    else:
-        state = engine.module.state_dict() if rank == 0 else None
-    if rank != 0:
-        return None
-    state = {k: _own_storage(v.detach().to("cpu", dtype)) for k, v in _strip(state).items()}
-    _write_hf_dir(out_dir, hf_model.config, tokenizer, state, record, dtype, _parameter_names(hf_model))
+    Streams: under ZeRO-3 every rank gathers one unit (about a decoder layer, at most a shard) at a time,
+    rank 0 copies it to the CPU in `dtype` and appends it to the current shard, which is written when full.
+    Rank 0 holds at most one shard plus one unit, never the model (ZeRO-2 parameters are whole on every rank).
+    """
+    import contextlib
+
+    import deepspeed
+
+    budget = max(1, max_shard_bytes // dtype.itemsize)
+    buffers = _persistent_buffers(hf_model)
+    units = list(_units(hf_model, "", budget, set()))
+    names = {n for unit in units for n, _ in unit} | set(buffers)
+    if rank == 0:
+        _check_names(hf_model.config, names, _parameter_names(hf_model) | set(buffers))
+    tmp_ctx = atomic_path(out_dir) if rank == 0 else contextlib.nullcontext(None)
+    with tmp_ctx as tmp:
+        writer = None
+        if rank == 0:
+            tmp.mkdir()
+            writer = ShardWriter(str(tmp), max_shard_bytes)
+        for unit in units:
+            params = [p for _, p in unit]
+            gather = (deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero_stage == 3
+                      else contextlib.nullcontext())
+            with gather:  # a collective under ZeRO-3: every rank, same order
+                if writer is not None:
+                    for name, p in unit:
+                        writer.add(name, p.detach().to("cpu", dtype, copy=True))
+        if writer is None:
+            return None
+        for name, buf in buffers.items():
+            writer.add(name, buf.detach().to("cpu", dtype if buf.is_floating_point() else buf.dtype, copy=True))
+        writer.close()
+        _write_metadata(tmp, hf_model.config, tokenizer, record, dtype)
+    log.info("exported %s (%s, %d shard(s), at most %.2f GiB held)", out_dir, dtype, len(writer.shards),
+             writer.peak_bytes / 2**30)
     return out_dir
 
 
@@ -81,36 +168,33 @@ def _own_storage(t):
     return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
 
 
-def _write_hf_dir(out_dir: str, config, tokenizer, state: dict, record: dict, dtype, expected: set) -> None:
-    """Write safetensors shards + config without building a model (under ZeRO-3 that would be a collective)."""
-    from huggingface_hub import save_torch_state_dict
-
+def _check_names(config, names: set, expected: set) -> None:
     if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-        expected = expected - {"lm_head.weight"}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        names, expected = names - {"lm_head.weight"}, expected - {"lm_head.weight"}
+    missing, unexpected = sorted(expected - names), sorted(names - expected)
     if missing or unexpected:
         raise SafeftError(f"export: weights do not match {config.architectures}: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}")
+
+
+def _write_metadata(tmp, config, tokenizer, record: dict, dtype) -> None:
+    """config (inference defaults), tokenizer and safeft_run.json beside the weights."""
     config = config.__class__.from_dict(config.to_dict())
     config.use_cache = True  # inference default
     config.dtype = dtype
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_torch_state_dict(state, tmp, max_shard_size="5GB", metadata={"format": "pt"})
-        config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        write_json(os.path.join(tmp, "safeft_run.json"), record)
-    log.info("exported %s (%s)", out_dir, dtype)
+    config.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    write_json(os.path.join(tmp, "safeft_run.json"), record)
 
 
 def _parameter_names(model) -> set:
     return {n for n, _ in model.named_parameters()}
 
 
-def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16") -> str:
-    """Offline: a DeepSpeed checkpoint (root with `latest`, or one step dir) -> an HF directory."""
+def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16", max_shard_bytes: int = SHARD_BYTES) -> str:
+    """Offline: a DeepSpeed checkpoint (root with `latest`, or one step dir) -> an HF directory, one tensor at a
+    time (DeepSpeed's lazy mode), so memory holds one shard, not the model."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoTokenizer
@@ -128,12 +212,25 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16") ->
     record_path = os.path.join(root, "safeft_run.json")
     record: dict[str, Any] = read_json(record_path) if os.path.isfile(record_path) else {}
     record["step"] = read_json(os.path.join(root, tag, "safeft_state.json"))["step"]
-    state = get_fp32_state_dict_from_zero_checkpoint(root, tag)
     torch_dtype = getattr(torch, dtype)
-    state = {k: _own_storage(v.to(torch_dtype)) for k, v in _strip(state).items()}
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         names = _parameter_names(AutoModelForCausalLM.from_config(config))
-    _write_hf_dir(out_dir, config, tokenizer, state, record, torch_dtype, names)
+    # lazy: the fp32 partitions stay memory-mapped; each tensor is merged, cast and written, then dropped
+    state = get_fp32_state_dict_from_zero_checkpoint(root, tag, lazy_mode=True)
+    state = _strip(state)
+    tied = getattr(config, "tie_word_embeddings", False)
+    if tied:
+        state.pop("lm_head.weight", None)
+    _check_names(config, set(state), names)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        writer = ShardWriter(str(tmp), max_shard_bytes)
+        for name in list(state):
+            writer.add(name, state.pop(name).contiguous().to(torch_dtype))
+        writer.close()
+        _write_metadata(tmp, config, tokenizer, record, torch_dtype)
+    log.info("exported %s (%s, %d shard(s), at most %.2f GiB held)", out_dir, dtype, len(writer.shards),
+             writer.peak_bytes / 2**30)
     return out_dir

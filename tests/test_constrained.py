@@ -97,6 +97,23 @@ def test_reference_pass_packed_equals_unpacked(tiny_model):
     assert sorted(shard) == [1] and shard[1] == packed[1]
 
 
+def test_reference_pass_same_forwards_on_every_rank(tiny_model):
+    """3 rows on 2 ranks: each rank runs 2 forwards (rank 1 one dummy row): under ZeRO-3 each is a collective."""
+    rows = _packed_rows(tiny_model.config.vocab_size)
+    calls = []
+    hook = tiny_model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        counts = []
+        for rank in (0, 1):
+            calls.clear()
+            shard = compute_reference_logprobs(tiny_model, rows, rank=rank, world_size=2, progress=False)
+            counts.append(len(calls))
+            assert sorted(shard) == list(range(rank, 3, 2))
+    finally:
+        hook.remove()
+    assert counts == [2, 2]
+
+
 def _constrained_loss(model, batch, ref_logp=None):
     """Weighted fused CE of one collated batch, as the trainer runs it; returns (loss, plain CE sum)."""
     hidden = model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
@@ -182,14 +199,24 @@ def test_causal_lm_with_loss_constrained_step0(tiny_model, loss):
 
 @pytest.mark.slow
 def test_trainer_constrained_first_step_equals_sft(tmp_path, tiny_model_dir):
-    """`train.method: constrained` end to end (1 rank): step 1's loss equals SFT's (policy == reference)."""
-    from test_train import losses, train_ok, write_config
+    """`train.method: constrained` end to end on 2 ranks under ZeRO-3 with every parameter partitioned and an
+    odd number of packed rows (25): the reference pass runs the same collectives on both ranks, and step 1's
+    loss equals SFT's on 1 rank with accumulation 2 (policy == reference)."""
+    import yaml
+
+    from test_train import losses, partitioned, train_ok, write_config
 
     runs = {}
-    for method in ("sft", "constrained"):
+    for method, world, extra in (("sft", 1, dict(gradient_accumulation_steps=2)),
+                                 ("constrained", 2, dict(zero_stage=3, zero3_param_persistence_threshold=0))):
         cfg = write_config(tmp_path / f"{method}.yaml", tiny_model_dir, tmp_path / "data", tmp_path / "runs", method,
-                           method=method, loss="fused", max_steps=2, save_steps=0, export=False)
-        train_ok(cfg, 1)
+                           method=method, loss="fused", max_steps=2, save_steps=0, export=False, **extra)
+        data = yaml.safe_load(open(cfg))
+        data["data"]["limit"] = 50  # 25 packed rows: not a multiple of 2 ranks x micro-batch 1
+        yaml.safe_dump(data, open(cfg, "w"))
+        stdout = train_ok(cfg, world)
         runs[method] = losses(tmp_path / "runs" / method)
+    sharded, total = partitioned(stdout)
+    assert sharded == total > 0
     assert runs["constrained"][1] == pytest.approx(runs["sft"][1], rel=1e-5)
     assert any(p.name.startswith("ref_logp-") for p in (tmp_path / "data").rglob("ref_logp-*"))

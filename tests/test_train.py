@@ -57,10 +57,21 @@ def write_config(path, model_dir, data_cache, out_dir, name, **train) -> str:
     return str(path)
 
 
-def train_ok(cfg_path: str, world: int, extra: tuple = ()) -> None:
+def train_ok(cfg_path: str, world: int, extra: tuple = ()) -> str:
+    """Train on `world` ranks; returns rank 0's output."""
     results = launch(["-m", "safeft.train", cfg_path, *extra], world)
     for rank, r in enumerate(results):
         assert r.returncode == 0, f"rank {rank} of {cfg_path}:\n" + _without_warnings(r.stdout)[-6000:]
+    return results[0].stdout
+
+
+def partitioned(stdout: str) -> tuple[int, int]:
+    """(partitioned, total) parameter tensors from the trainer's ZeRO-3 log line."""
+    import re
+
+    m = re.search(r"ZeRO-3: (\d+) of (\d+) parameter tensors partitioned", stdout)
+    assert m, "no ZeRO-3 partition line in the output"
+    return int(m.group(1)), int(m.group(2))
 
 
 def _without_warnings(text: str) -> str:
@@ -86,24 +97,25 @@ def export_weights(run_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
-    """Reference (1 rank, accumulation 2), then 2 ranks: ZeRO-2, ZeRO-3, ZeRO-3 + fused loss, ZeRO-3 + offload."""
+    """Reference (1 rank, accumulation 2), then 2 ranks: ZeRO-2, ZeRO-3, ZeRO-3 + fused loss, ZeRO-3 + offload.
+
+    The ZeRO-3 runs set the persistence threshold to 0: with DeepSpeed's default (1e5) no tensor of the tiny
+    model would be partitioned, and loading, gathering, export and resume would run on whole parameters.
+    """
     base = tmp_path_factory.mktemp("train")
     cache, out = base / "data", base / "runs"
+    z3 = dict(zero_stage=3, zero3_param_persistence_threshold=0)
     cfgs = {
         "ref": write_config(base / "ref.yaml", tiny_model_dir, cache, out, "ref", gradient_accumulation_steps=2),
         "z2": write_config(base / "z2.yaml", tiny_model_dir, cache, out, "z2", zero_stage=2),
-        "z3": write_config(base / "z3.yaml", tiny_model_dir, cache, out, "z3", zero_stage=3),
+        "z3": write_config(base / "z3.yaml", tiny_model_dir, cache, out, "z3", **z3),
         # fused loss under ZeRO-3: lm_head.weight is a 0-element shard unless gathered for our forward
-        "z3f": write_config(base / "z3f.yaml", tiny_model_dir, cache, out, "z3f", zero_stage=3, loss="fused"),
+        "z3f": write_config(base / "z3f.yaml", tiny_model_dir, cache, out, "z3f", loss="fused", **z3),
         # parameters and optimizer offloaded to the CPU (DeepSpeedCPUAdam instead of torch's AdamW)
-        "z3off": write_config(base / "z3off.yaml", tiny_model_dir, cache, out, "z3off", zero_stage=3, offload="all"),
+        "z3off": write_config(base / "z3off.yaml", tiny_model_dir, cache, out, "z3off", offload="all", **z3),
     }
-    train_ok(cfgs["ref"], 1)
-    train_ok(cfgs["z2"], 2)
-    train_ok(cfgs["z3"], 2)
-    train_ok(cfgs["z3f"], 2)
-    train_ok(cfgs["z3off"], 2)
-    return {"base": base, "cfgs": cfgs, **{k: out / k for k in cfgs}}
+    stdout = {k: train_ok(cfgs[k], 1 if k == "ref" else 2) for k in cfgs}
+    return {"base": base, "cfgs": cfgs, "stdout": stdout, **{k: out / k for k in cfgs}}
 
 
 @pytest.mark.slow
@@ -112,6 +124,9 @@ def test_two_ranks_equal_one_rank_with_accumulation(runs, stage):
     import torch
 
     ref, got = losses(runs["ref"]), losses(runs[stage])
+    if stage.startswith("z3"):  # really sharded: loading, gathering and the export below ran on partitions
+        sharded, total = partitioned(runs["stdout"][stage])
+        assert sharded == total > 0
     assert sorted(ref) == list(range(1, STEPS + 1)) == sorted(got)
     for step in ref:
         assert got[step] == pytest.approx(ref[step], abs=1e-4), (step, got, ref)

@@ -69,7 +69,8 @@ def run(cfg, hooks: Optional[TrainHooks] = None) -> TrainResult:
     cfg = cfg.single("train")
     env = dist.dist_env()
     ds_config = dist.check_train_config(cfg, env.world_size)
-    device = dist.init(env)
+    dist.check_optimizer_ops(ds_config)  # before the process group: a missing compiler fails here, named
+    device = dist.init(env, cfg.train.dist_timeout_minutes)
     _seed_everything(_first(cfg.train.seed))
     resume = _resume_point(cfg, hooks, env, ds_config)
     r = _setup(cfg, env, device, ds_config)
@@ -133,6 +134,8 @@ def _setup(cfg, env, device, ds_config) -> _Run:
     engine, *_ = deepspeed.initialize(
         model=wrapped, model_parameters=[p for p in wrapped.parameters() if p.requires_grad], config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, total, cfg.train))
+    if cfg.train.zero_stage == 3 and env.is_main:
+        log.info("ZeRO-3: %s", partition_summary(model))
     if constrained is not None:  # reference log-probs of the model before fine-tuning, once, cached
         from safeft.constrained import reference_loader
 
@@ -141,6 +144,13 @@ def _setup(cfg, env, device, ds_config) -> _Run:
         _write_checkpoint_meta(cfg, model, tokenizer, prepared.fingerprint)
     return _Run(cfg, env, device, engine, model, tokenizer, loader, sampler, total, n_params,
                 prepared.fingerprint, keepalive, uses_varlen_kwargs(attn))
+
+
+def partition_summary(model) -> str:
+    """How many parameter tensors ZeRO-3 really partitions (below the persistence threshold they stay whole)."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_tensor")]
+    sharded = sum(1 for p in params if p.ds_tensor.numel() < p.ds_numel)
+    return f"{sharded} of {len(params)} parameter tensors partitioned"
 
 
 def _prepare(cfg, tokenizer, env):
@@ -266,7 +276,7 @@ def export(r: _Run, step: int) -> Optional[str]:
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else next(r.engine.module.parameters()).dtype
     out = os.path.join(r.cfg.run_dir, "export")
     return export_from_engine(r.engine, r.hf_model, r.tokenizer, out, run_record(r.cfg, r.fingerprint, step),
-                              torch_dtype, r.cfg.train.zero_stage, r.env.rank, dist.all_reduce_sum)
+                              torch_dtype, r.cfg.train.zero_stage, r.env.rank)
 
 
 def _step(r: _Run, micro_batches: list[dict], step: int) -> dict:
