@@ -138,16 +138,20 @@ def test_two_ranks_equal_one_rank_with_accumulation(runs, stage):
 
 
 @pytest.mark.slow
-def test_export_reloads_with_the_trained_weights(runs, tmp_path):
-    """The export equals the engine's final fp32 weights (from the checkpoint), logits and all; offline too."""
+@pytest.mark.parametrize("source", ["ref", "z3"])
+def test_export_reloads_with_the_trained_weights(runs, tmp_path, source):
+    """The export equals the engine's final fp32 weights (from the checkpoint), logits and all; offline too.
+
+    "z3": every parameter was partitioned over 2 ranks and gathered one unit at a time for the export."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM
 
-    run_dir = runs["ref"]
+    run_dir = runs[source]
     record = json.load(open(run_dir / "export" / "safeft_run.json"))
     assert record["train_template"] == "chat:vanilla" and record["test_template"] == "chat:llama"
-    assert record["step"] == STEPS and record["data_fingerprint"] and record["config"]["train"]["zero_stage"] == 2
+    assert record["step"] == STEPS and record["data_fingerprint"]
+    assert record["config"]["train"]["zero_stage"] == (2 if source == "ref" else 3)
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "export", dtype=torch.float32).eval()
     engine_state = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"))
     trained = AutoModelForCausalLM.from_pretrained(run_dir / "export", dtype=torch.float32).eval()
@@ -191,19 +195,26 @@ def _interrupted_copy(runs, source: str, name: str, overrides: dict):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["ref", "z2"])
+@pytest.mark.parametrize("source", ["ref", "z2", "z3"])
 def test_resume_continues_exactly(runs, source):
     """Resumed after the step-2 checkpoint on 1 rank: the same losses and weights as the uninterrupted run.
 
-    From "z2" (2 ranks) this goes through DeepSpeed's universal checkpoint conversion.
+    From "z2" (2 ranks) the job converts to DeepSpeed's universal format itself (a small checkpoint); "z3"
+    (2 ranks, every parameter partitioned) is converted offline first by `safeft ckpt to-universal`.
     """
     import torch
 
+    from safeft.cli import main
+
     resumed, path = _interrupted_copy(runs, source, f"resumed_{source}", {"gradient_accumulation_steps": 2})
+    if source == "z3":
+        assert main(["ckpt", "to-universal", str(resumed / "checkpoints"), "--workers", "2"]) == 0
+        assert (resumed / "checkpoints" / "step00000002_universal" / "safeft_state.json").is_file()
     results = launch(["-m", "safeft.train", str(path), "--resume"], 1)
     assert results[0].returncode == 0, results[0].stdout[-4000:]
     assert "resumed from" in results[0].stdout and "at step 2" in results[0].stdout
-    assert ("universal" in results[0].stdout) == (source == "z2")
+    assert ("universal" in results[0].stdout) == (source != "ref")
+    assert ("converting to DeepSpeed's universal" in results[0].stdout) == (source == "z2")
     ref, got = losses(runs[source]), losses(resumed)
     for step in (3, 4):
         assert got[step] == pytest.approx(ref[step], abs=1e-5 if source == "ref" else 1e-4)

@@ -1,4 +1,5 @@
-"""`safeft train CONFIG [--set ...] [--resume]`, `safeft export CHECKPOINT OUT`, `safeft plan ...`."""
+"""`safeft train CONFIG [--set ...] [--resume]`, `safeft export CHECKPOINT OUT`, `safeft ckpt to-universal
+CHECKPOINT`, `safeft plan ...`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def register(sub) -> None:
     e.add_argument("out", metavar="OUT", help="output directory")
     e.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     e.set_defaults(func=_export)
+
+    ck = sub.add_parser("ckpt", help="checkpoint tools")
+    ck_sub = ck.add_subparsers(dest="ckpt_command", metavar="ACTION", required=True)
+    u = ck_sub.add_parser("to-universal", help="convert a checkpoint to DeepSpeed's universal format (offline), "
+                                               "so a run can resume it at another number of GPUs")
+    u.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's checkpoints/ directory or one step directory")
+    u.add_argument("--workers", type=int, default=None, help="extract/merge processes (default: CPU cores, max 16)")
+    u.set_defaults(func=_to_universal)
 
     from safeft.plan import add_plan_args
 
@@ -77,6 +86,17 @@ def _export(args) -> int:
     from safeft.export import export_checkpoint
 
     print(export_checkpoint(args.checkpoint, args.out, args.dtype))
+    return 0
+
+
+def _to_universal(args) -> int:
+    import os
+
+    from safeft.train.checkpoint import locate, to_universal
+
+    root, tag = locate(args.checkpoint)
+    workers = args.workers or min(16, os.cpu_count() or 1)
+    print(os.path.join(root, to_universal(root, tag, workers)))
     return 0
 
 

@@ -113,23 +113,41 @@ def read_state(root: str, tag: str) -> TrainState:
     return TrainState(**read_json(os.path.join(root, tag, "safeft_state.json")))
 
 
-def to_universal(root: str, tag: str) -> str:
+# Above this size a checkpoint is not converted inside a training job (every other rank would wait in a
+# collective for the whole conversion): the job stops and names the offline command instead.
+IN_JOB_UNIVERSAL_MAX_BYTES = 4 * 2**30
+
+
+def universal_tag(tag: str) -> str:
+    return f"{tag}_universal"
+
+
+def has_universal(root: str, tag: str) -> bool:
+    return os.path.isfile(os.path.join(root, universal_tag(tag), "safeft_state.json"))
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def to_universal(root: str, tag: str, workers: int = 1) -> str:
     """Convert a checkpoint for another world size with DeepSpeed's universal format (once); returns its tag.
 
-    Rank 0 calls this while the others wait at a barrier; load the result with
-    `{"checkpoint": {"load_universal": true}}` in the DeepSpeed config.
+    `workers` extract and merge processes (DeepSpeed's ds_to_universal). Run offline with
+    `safeft ckpt to-universal`; load the result with `{"checkpoint": {"load_universal": true}}`.
     """
     from argparse import Namespace
 
     from deepspeed.checkpoint import ds_to_universal
 
-    uni = f"{tag}_universal"
-    if os.path.isfile(os.path.join(root, uni, "safeft_state.json")):
+    uni = universal_tag(tag)
+    if has_universal(root, tag):
         return uni
     shutil.rmtree(os.path.join(root, uni), ignore_errors=True)  # a conversion that crashed half-way
+    workers = max(1, int(workers))
     ds_to_universal.main(Namespace(input_folder=os.path.join(root, tag), output_folder=os.path.join(root, uni),
-                                   num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                   inject_missing_state=True))
+                                   num_extract_workers=workers, num_merge_workers=workers, keep_temp_folder=False,
+                                   strict=True, inject_missing_state=True))
     for name in sorted(n for n in os.listdir(os.path.join(root, tag)) if n.startswith("rng_rank")):
         shutil.copy2(os.path.join(root, tag, name), os.path.join(root, uni, name))
     shutil.copy2(os.path.join(root, tag, "safeft_state.json"), os.path.join(root, uni, "safeft_state.json"))

@@ -175,8 +175,8 @@ def _write_checkpoint_meta(cfg, model, tokenizer, fingerprint) -> None:
 
 
 def _resume_point(cfg, hooks: TrainHooks, env, ds_config: dict) -> Optional[tuple[str, str]]:
-    """(root, tag) to resume from, or None. A checkpoint from another world size is converted to DeepSpeed's
-    universal format first (rank 0), and ds_config is told to load that format."""
+    """(root, tag) to resume from, or None. A checkpoint from another world size loads DeepSpeed's universal
+    format: converted beforehand (`safeft ckpt to-universal`), else here on rank 0 when it is small."""
     source = hooks.resume_from or (cfg.train.resume if cfg.train.resume not in ("auto", "never") else None)
     root_default = os.path.join(cfg.run_dir, "checkpoints")
     if source is None and cfg.train.resume == "auto" and ckpt.latest_tag(root_default):
@@ -195,11 +195,22 @@ def _resume_point(cfg, hooks: TrainHooks, env, ds_config: dict) -> Optional[tupl
             f"checkpoint {source!r} consumed {saved.consumed_samples // max(saved.step, 1)} rows per step on "
             f"{saved.world_size} processes; this run takes {rows_per_step}: keep the global batch (micro_batch_size "
             f"x gradient_accumulation_steps x processes) when resuming at another world size")
-    if env.is_main:
-        log.info("checkpoint from %d processes, this run has %d: converting to DeepSpeed's universal format",
+    if not ckpt.has_universal(root, tag):
+        size = ckpt.dir_bytes(os.path.join(root, tag))
+        if size > ckpt.IN_JOB_UNIVERSAL_MAX_BYTES:  # every rank decides alike: the checkpoint is on shared storage
+            raise SafeftError(
+                f"checkpoint {os.path.join(root, tag)!r} was saved by {saved.world_size} processes, this run has "
+                f"{env.world_size}: it needs DeepSpeed's universal format, and converting {size / 2**30:.0f} GiB "
+                f"inside the job would stall every rank. Convert it once, offline, then start again:\n"
+                f"  safeft ckpt to-universal {os.path.join(root, tag)} --workers {min(16, os.cpu_count() or 1)}")
+        if env.is_main:
+            log.info("checkpoint from %d processes, this run has %d: converting to DeepSpeed's universal format",
+                     saved.world_size, env.world_size)
+            ckpt.to_universal(root, tag, workers=min(4, os.cpu_count() or 1))
+        dist.barrier()
+    else:
+        log.info("checkpoint from %d processes, this run has %d: loading its universal format",
                  saved.world_size, env.world_size)
-        ckpt.to_universal(root, tag)
-    dist.barrier()
     ds_config["checkpoint"] = {"load_universal": True}
     return root, f"{tag}_universal"
 
