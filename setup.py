@@ -14,10 +14,8 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # The top-level kernels/ folder installs as safeft.kernels: a top-level `kernels` module would
-    # clash with the PyPI package of that name.
-    packages=find_packages(include=["safeft", "safeft.*"]) + ["safeft.kernels"],
-    package_dir={"safeft.kernels": "kernels"},
+    # safeft/kernels/ is an ordinary subpackage, importable from a bare checkout as well.
+    packages=find_packages(include=["safeft", "safeft.*"]),
     include_package_data=True,
     install_requires=[
         # torch is deliberately unpinned beyond a floor: a GPU cluster brings its own build, and the

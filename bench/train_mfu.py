@@ -9,7 +9,7 @@ split when present, in Llama tokens at ~3.6 characters per token). Baseline (a):
 `--padded-batch` documents right-padded to the longest (causal attention, so real tokens never see
 padding). Variant (b): best-fit-decreasing rows of `--row-tokens` tokens, varlen attention. Reported:
 real tokens/s (padding excluded) and MFU = (6 N + 12 L d seq) x real tokens/s / peak, seq = each token's
-document length. Both run in the same process, side by side.
+document length, N without the input embedding (torchtitan's convention). Both run in the same process, side by side.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def bench_model(key: str, args, device, dtype, peak) -> list[dict]:
 
     from safeft.loss import CausalLMWithLoss
     from safeft.model import select_attention, uses_varlen_kwargs
+    from safeft.train.metrics import matmul_params
 
     shape = MODELS[key]
     vocab = 512 if args.smoke else 32000
@@ -141,7 +142,7 @@ def bench_model(key: str, args, device, dtype, peak) -> list[dict]:
         if args.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         wrapped = CausalLMWithLoss(model)
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = matmul_params(model)  # torchtitan's N: without the input embedding
         batches = (padded_batches(lengths, args.padded_batch, vocab, args.seed) if variant.startswith("padded")
                    else packed_batches(lengths, args.row_tokens, vocab, args.seed))
         if device.type == "cuda":
@@ -186,8 +187,10 @@ def main(argv=None) -> int:
     rows = []
     for key in args.models.split(","):
         rows += bench_model(key, args, device, dtype, peak)
+    from safeft.train.metrics import MFU_CONVENTION
+
     print(f"device: {name}, dtype {dtype}, rows of {args.row_tokens} tokens vs padded batches of "
-          f"{args.padded_batch} docs")
+          f"{args.padded_batch} docs; MFU convention: {MFU_CONVENTION}")
     print(f"{'model':<10}{'variant':<16}{'attention':<22}{'tokens/s':>12}{'MFU':>8}{'speedup':>9}{'mem GiB':>9}")
     for r in rows:
         mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] else "-"

@@ -119,8 +119,12 @@ def peak_flops() -> Optional[float]:
 
     if device_type() != "cuda" or not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return peak_flops_for(torch.cuda.get_device_name())
+
+
+def peak_flops_for(device_name: str) -> Optional[float]:
+    """bf16 dense peak for a device name (the most specific PEAK_FLOPS key first), None when unknown."""
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
 
 def use_bf16(cfg, supported: Optional[bool] = None) -> bool:

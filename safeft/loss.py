@@ -55,6 +55,14 @@ class CausalLMWithLoss(nn.Module):
         hidden = out.last_hidden_state[:, :-1]  # [B, T-1, H]: position t predicts token t+1
         targets = labels[:, 1:]  # [B, T-1]
         n_tokens = (targets != IGNORE_INDEX).sum()
+        if self.loss == "fused" and self.constrained is None:
+            # the cheapest path: the summed loss computes both gradients in its forward (3 GEMMs per chunk)
+            from safeft.kernels import fused_linear_cross_entropy
+
+            weights = token_weights[:, 1:] if token_weights is not None else None
+            return fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, ignore_index=IGNORE_INDEX,
+                                              token_weights=weights, reduction="sum",
+                                              grad_weight_dtype=torch.float32), n_tokens
         per_token = self._token_losses(hidden, targets)  # [B, T-1] fp32, 0 where no label
         if self.constrained is not None:
             if ref_logp is None:
@@ -68,8 +76,9 @@ class CausalLMWithLoss(nn.Module):
         if self.loss == "fused":
             from safeft.kernels import fused_linear_cross_entropy
 
+            # per-token losses (constrained SFT needs them for its weights): logits recomputed in backward
             return fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, ignore_index=IGNORE_INDEX,
-                                              reduction="none")  # [B, T-1], no [N, V] logits kept
+                                              reduction="none", grad_weight_dtype=torch.float32)  # [B, T-1]
         logits = self.lm_head(hidden).float()  # [B, T-1, V]
         per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                 ignore_index=IGNORE_INDEX, reduction="none")  # [B*(T-1)]

@@ -117,18 +117,75 @@ def test_fused_loss_matches_standard(tiny_model_dir, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM
 
-    pytest.importorskip("safeft.kernels")
-    from safeft.kernels import fused_linear_cross_entropy  # noqa: F401
     from safeft.data.pack import PackedCollator
     from safeft.loss import CausalLMWithLoss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     _, row = _docs(tokenizer)
     batch = PackedCollator(tokenizer.pad_token_id)([row])
-    std = CausalLMWithLoss(model, "standard")(batch["input_ids"], batch["position_ids"], batch["labels"])
-    fused = CausalLMWithLoss(model, "fused")(batch["input_ids"], batch["position_ids"], batch["labels"])
-    torch.testing.assert_close(fused[0], std[0], atol=1e-3, rtol=1e-4)
-    assert int(fused[1]) == int(std[1])
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(batch["labels"].shape, generator=g)  # plain SFT with token weights: the "sum" path
+    out, grads = {}, {}
+    for loss in ("standard", "fused"):
+        model.zero_grad()
+        out[loss] = CausalLMWithLoss(model, loss)(batch["input_ids"], batch["position_ids"], batch["labels"],
+                                                  token_weights=weights)
+        out[loss][0].backward()
+        grads[loss] = (model.lm_head.weight.grad.clone(), model.model.layers[0].mlp.up_proj.weight.grad.clone())
+    torch.testing.assert_close(out["fused"][0], out["standard"][0], atol=1e-3, rtol=1e-4)
+    assert int(out["fused"][1]) == int(out["standard"][1])
+    for a, b in zip(grads["fused"], grads["standard"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_optimizer_needs_no_compiler_by_default():
+    """auto: torch AdamW (fused on CUDA) unless the optimizer is offloaded; deepspeed ops are checked, named."""
+    from safeft import distributed
+
+    gpu = build_ds_config(cfg(), 8, bf16=True, cpu=False)
+    assert gpu["optimizer"]["params"]["torch_adam"] is True and gpu["optimizer"]["params"]["fused"] is True
+    off = build_ds_config(cfg(zero_stage=3, offload="optimizer"), 8, bf16=True, cpu=False)
+    assert "torch_adam" not in off["optimizer"]["params"]  # DeepSpeedCPUAdam: much faster than torch on the CPU
+    forced = build_ds_config(cfg(zero_stage=3, offload="optimizer", optimizer="torch"), 8, bf16=True, cpu=False)
+    assert forced["optimizer"]["params"]["torch_adam"] and not forced["zero_optimization"]["zero_force_ds_cpu_optimizer"]
+    ds = build_ds_config(cfg(optimizer="deepspeed"), 8, bf16=True, cpu=False)
+    assert "torch_adam" not in ds["optimizer"]["params"]
+    distributed.check_optimizer_ops(gpu, cpu=False)  # torch AdamW: nothing to check
+    orig = distributed._op_problem
+    distributed._op_problem = lambda name, cpu: "it is not prebuilt and compiling it needs the CUDA toolkit"
+    try:
+        with pytest.raises(ConfigError, match=r"train.optimizer.*FusedAdam.*CUDA toolkit.*train.optimizer: torch"):
+            distributed.check_optimizer_ops(ds, cpu=False)
+    finally:
+        distributed._op_problem = orig
+
+
+def test_zero3_persistence_threshold_and_timeout_keys():
+    ds = build_ds_config(cfg(zero_stage=3, zero3_param_persistence_threshold=0), 2, bf16=False, cpu=True)
+    assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    default = build_ds_config(cfg(zero_stage=3), 2, bf16=False, cpu=True)
+    assert "stage3_param_persistence_threshold" not in default["zero_optimization"]  # DeepSpeed's default
+    path = str(REPO / "configs" / "deepspeed" / "zero3.json")
+    shipped = build_ds_config(cfg(deepspeed_config=path, zero_stage=3, zero3_param_persistence_threshold=0), 2,
+                              bf16=False, cpu=True)
+    assert shipped["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    with pytest.raises(ConfigError, match="train.zero3_param_persistence_threshold"):
+        cfg(zero_stage=3, zero3_param_persistence_threshold=-1)
+    with pytest.raises(ConfigError, match="train.dist_timeout_minutes"):
+        cfg(dist_timeout_minutes=0)
+
+
+def test_mfu_convention_and_peak_table(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from safeft.distributed import peak_flops_for
+    from safeft.train.metrics import matmul_params
+
+    assert peak_flops_for("NVIDIA H100 PCIe") == 756e12 and peak_flops_for("NVIDIA H100 NVL") == 835e12
+    assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops_for("NVIDIA H200") == 989e12
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    total = sum(p.numel() for p in model.parameters())
+    assert matmul_params(model) == total - model.config.vocab_size * model.config.hidden_size
 
 
 def test_check_only_cli(tmp_path, capsys):

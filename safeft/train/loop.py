@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from safeft import distributed as dist
 from safeft.errors import SafeftError
 from safeft.train import checkpoint as ckpt
-from safeft.train.metrics import MetricsLogger, flops_per_step, peak_memory_gb
+from safeft.train.metrics import MFU_CONVENTION, MetricsLogger, flops_per_step, matmul_params, peak_memory_gb
 
 log = logging.getLogger("safeft.train")
 VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -115,13 +115,13 @@ def _setup(cfg, env, device, ds_config) -> _Run:
     prepared = _prepare(cfg, tokenizer, env)
     attn = select_attention(cfg.model.attention, device.type)
     if env.is_main:
-        log.info("attention for packed rows: %s", attn)
+        log.info("attention for packed rows: %s; MFU convention: %s", attn, MFU_CONVENTION)
     dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
     model, keepalive = load_model(mcfg, cfg.train.zero_stage, ds_config, dtype, attn)
     constrained = ((cfg.train.constrained_betas, cfg.train.constrained_beta_rest)
                    if cfg.train.method == "constrained" else None)
     wrapped = CausalLMWithLoss(model, cfg.train.loss, cfg.train.zero_stage, constrained)
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    n_params = matmul_params(model)  # for MFU: torchtitan's N (no input embedding)
 
     rows = prepared.dataset.with_format(None)
     row_tokens = [len(x) for x in rows["input_ids"]]

@@ -10,9 +10,31 @@ from typing import Optional
 log = logging.getLogger("safeft.train")
 
 
+MFU_CONVENTION = ("torchtitan/PaLM: 6 N + 12 L d seq FLOPs per token, N without the input embedding, "
+                  "non-causal attention term")
+
+
 def flops_per_step(n_params: int, layers: int, d_model: int, real_tokens: float, sum_doc_len_sq: float) -> float:
-    """ANCHORS section 5: (6 N + 12 L d seq) per real token, with seq the token's own document length."""
+    """ANCHORS section 5: (6 N + 12 L d seq) per real token, with seq the token's own document length.
+
+    The convention torchtitan uses: N excludes the input embedding (a lookup, no matmul; see
+    `matmul_params`), and the attention term counts the full s x s scores (PaLM), about twice the work a
+    causal kernel does, so MFU figures compare with torchtitan's and PaLM's, not with causal-FLOP counts.
+    """
     return 6.0 * n_params * real_tokens + 12.0 * layers * d_model * sum_doc_len_sq
+
+
+def matmul_params(model) -> int:
+    """Parameters that take part in a matmul per token: all but the input embedding (unless it is tied to the
+    output projection, which is a matmul). ZeRO-3 partitions are counted whole (ds_numel)."""
+    def numel(p):
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if emb is None or (out is not None and out.weight is emb.weight):
+        return total
+    return total - numel(emb.weight)
 
 
 def peak_memory_gb(device) -> float:

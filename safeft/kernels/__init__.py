@@ -1,4 +1,4 @@
-"""safeft.kernels: fused training kernels (this folder installs as `safeft.kernels`)."""
+"""safeft.kernels: fused training kernels, each with a pure-torch reference beside it."""
 
 from .fused_linear_cross_entropy import fused_linear_cross_entropy
 

@@ -15,7 +15,9 @@ elsewhere; the environment variable SAFEFT_FLCE_IMPL=auto|triton|reference overr
 
 Precision: logits are produced in the inputs' dtype by the matmul (which accumulates in fp32); the
 log-sum-exp, losses and softmax are fp32. grad_weight is accumulated across chunks in the weight's
-dtype with in-place addmm (one rounding per chunk); the returned loss is always fp32.
+dtype with in-place addmm (one rounding of the running sum per chunk), or with `grad_weight_dtype=
+torch.float32` in an fp32 [V, H] accumulator (each chunk's product rounded once, the sum kept in fp32, one
+cast at the end; + 4 V H bytes); the returned loss is always fp32.
 """
 
 from __future__ import annotations
@@ -126,12 +128,13 @@ def _chunk_starts(n: int, chunk: int) -> range:
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, scale, reduction, ignore_index, rows_fn, chunk, need_h, need_w):
+    def forward(ctx, hidden, weight, labels, scale, reduction, ignore_index, rows_fn, chunk, need_h, need_w,
+                accum_dtype):
         # hidden [N, H], weight [V, H], labels [N], scale [N] fp32: token weight (/ count for mean), 0 if ignored
         n_tokens = hidden.shape[0]
         per_token = torch.empty(n_tokens, dtype=torch.float32, device=hidden.device)  # [N] unweighted CE
         ctx.reduction, ctx.ignore_index, ctx.rows_fn, ctx.chunk = reduction, ignore_index, rows_fn, chunk
-        ctx.need_h, ctx.need_w = need_h, need_w
+        ctx.need_h, ctx.need_w, ctx.accum_dtype = need_h, need_w, accum_dtype
         if reduction == "none" or not (need_h or need_w):
             lse = torch.empty(n_tokens, dtype=torch.float32, device=hidden.device)  # [N]
             for s in _chunk_starts(n_tokens, chunk):
@@ -142,7 +145,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 return per_token * scale
             return (per_token * scale).sum()
         grad_h, grad_w = _chunked_grads(hidden, weight, labels, scale, None, ignore_index, rows_fn, chunk,
-                                        need_h, need_w, per_token)
+                                        need_h, need_w, per_token, accum_dtype)
         ctx.grads = (grad_h, grad_w)
         return (per_token * scale).sum()
 
@@ -151,7 +154,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         if ctx.reduction == "none":
             hidden, weight, labels, scale, lse = ctx.saved_tensors
             grad_h, grad_w = _chunked_grads(hidden, weight, labels, scale * grad_out.float(), lse, ctx.ignore_index,
-                                            ctx.rows_fn, ctx.chunk, ctx.need_h, ctx.need_w, None)
+                                            ctx.rows_fn, ctx.chunk, ctx.need_h, ctx.need_w, None, ctx.accum_dtype)
         else:
             if getattr(ctx, "grads", None) is None:
                 raise RuntimeError("fused_linear_cross_entropy: backward ran twice (its gradients are computed in "
@@ -163,17 +166,21 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 grad_h.mul_(grad_out)
             if grad_w is not None:
                 grad_w.mul_(grad_out)
-        return grad_h, grad_w, None, None, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None, None, None
 
 
-def _chunked_grads(hidden, weight, labels, scale, lse, ignore_index, rows_fn, chunk, need_h, need_w, per_token_out):
+def _chunked_grads(hidden, weight, labels, scale, lse, ignore_index, rows_fn, chunk, need_h, need_w, per_token_out,
+                   accum_dtype=None):
     """grad_hidden [N, H] and grad_weight [V, H] of sum(CE * scale), one token chunk at a time.
 
     lse [N] given: reuse it (backward of "none"); per_token_out [N] given: write the unweighted CE there.
+    accum_dtype: the dtype grad_weight is summed in over chunks (None: the weight's); returned in the weight's.
     """
     n_tokens = hidden.shape[0]
     grad_h = torch.empty_like(hidden) if need_h else None  # [N, H]
-    grad_w = torch.zeros_like(weight) if need_w else None  # [V, H]
+    wide = need_w and accum_dtype is not None and accum_dtype != weight.dtype
+    grad_w = torch.zeros_like(weight, dtype=accum_dtype if wide else weight.dtype) if need_w else None  # [V, H]
+    product = torch.empty_like(weight) if wide else None  # [V, H] one chunk's share, in the GEMM's dtype
     for s in _chunk_starts(n_tokens, chunk):
         h_chunk = hidden[s:s + chunk]  # [C, H]
         logits = h_chunk @ weight.T  # [C, V], becomes d(loss)/d(logits) in place
@@ -183,8 +190,13 @@ def _chunked_grads(hidden, weight, labels, scale, lse, ignore_index, rows_fn, ch
             per_token_out[s:s + chunk] = loss
         if grad_h is not None:
             torch.mm(logits, weight, out=grad_h[s:s + chunk])
-        if grad_w is not None:
+        if wide:
+            torch.mm(logits.T, h_chunk, out=product)
+            grad_w.add_(product)
+        elif grad_w is not None:
             grad_w.addmm_(logits.T, h_chunk)
+    if wide:
+        grad_w = grad_w.to(weight.dtype)
     return grad_h, grad_w
 
 
@@ -233,7 +245,8 @@ def _check_inputs(hidden, weight, labels, token_weights, reduction) -> None:
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
                                ignore_index: int = -100, token_weights: Optional[torch.Tensor] = None,
                                reduction: str = "sum", impl: str = "auto",
-                               chunk_size: Optional[int] = None) -> torch.Tensor:
+                               chunk_size: Optional[int] = None,
+                               grad_weight_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Cross-entropy of `hidden @ weight.T` against `labels`, chunked over tokens (no [N, V] logits).
 
     hidden [..., H] and weight [V, H] of one float dtype (bf16 or fp32); labels [...] int (ignore_index
@@ -241,7 +254,9 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     reduction: "sum"; "mean" = weighted sum / number of non-ignored tokens (the count, like torch, not
     the sum of weights; 0 when there is none, where torch gives nan); "none" = per-token weighted losses
     shaped like labels (0 at ignored tokens), differentiable. The loss is fp32. Gradients flow to hidden
-    and weight. Checking the labels' range syncs the device once per call.
+    and weight. Checking the labels' range syncs the device once per call. "sum"/"mean" compute both
+    gradients in the forward pass (3 GEMMs per chunk); "none" recomputes the logits in backward (4).
+    grad_weight_dtype: torch.float32 sums grad_weight over chunks in fp32 (None: in the weight's dtype).
     """
     _check_inputs(hidden, weight, labels, token_weights, reduction)
     out_shape = labels.shape
@@ -266,7 +281,7 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     need_h, need_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     labels = labels.contiguous()
     loss = _FusedLinearCrossEntropy.apply(hidden, weight, labels, scale, reduction, ignore_index, rows_fn, chunk,
-                                          need_h, need_w)
+                                          need_h, need_w, grad_weight_dtype)
     return loss.reshape(out_shape) if reduction == "none" else loss
 
 
