@@ -4,8 +4,9 @@
 
 Each worker gets the torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT) from Ray Train before `run()` starts DeepSpeed, so DeepSpeed reuses Ray's gloo/nccl
-process group. The trainer's `on_checkpoint` hook reports each DeepSpeed checkpoint to Ray Train,
-which copies it to `RunConfig.storage_path/<name>/step-<N>`. When a worker dies, Ray Train restarts the
+process group. The trainer's `on_checkpoint` hook reports each DeepSpeed checkpoint to Ray Train: with
+`ray.shared_filesystem` (the default) as a small marker naming the checkpoint in `<run_dir>/checkpoints`,
+so it is never copied twice; otherwise each node uploads its shards to `RunConfig.storage_path/<name>/step-<N>`. When a worker dies, Ray Train restarts the
 worker group (up to `ray.max_failures` times) and `ray.train.get_checkpoint()` hands the last reported
 checkpoint back as `TrainHooks.resume_from`; a later `train_on_ray` with the same run name resumes the
 same way (Ray Train V2 restores from the run's checkpoint-manager snapshot in storage).
@@ -16,8 +17,8 @@ index-based `DistributedPackedSampler` schedule the trainer uses), so a restart 
 past the restored step are dropped when the worker group restarts, leaving each row of an epoch once.
 
 The trainer must call `on_checkpoint` on every rank (Ray's `report` is a barrier) and `on_log` for a
-step before `on_checkpoint` for it. Ray copies each reported checkpoint into its storage: budget twice
-the checkpoint size on disk (Ray keeps `train.keep_last` of them).
+step before `on_checkpoint` for it. Without a shared filesystem Ray copies each reported checkpoint into
+its storage: budget twice the checkpoint size on disk then (Ray keeps `train.keep_last` of them).
 """
 
 from __future__ import annotations
@@ -235,14 +236,47 @@ class _RayHooks:
         return self._blocks[epoch][index][self.rank]
 
     def on_checkpoint(self, step: int, ckpt_dir: str, metrics: dict) -> None:
+        import tempfile
+
         import ray.train
 
-        # With a shared filesystem rank 0 sees every shard; otherwise each node uploads its own.
-        uploads = self.rank == 0 if self.cfg.ray.shared_filesystem else self.local_rank == 0
-        checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if uploads else None
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+        if self.cfg.ray.shared_filesystem:
+            # Every node sees run_dir: Ray gets a marker naming the checkpoint, not a second copy of it
+            # (about 1 TB per save for 70B, and `report` is a barrier while it copies).
+            with tempfile.TemporaryDirectory(prefix="safeft-marker-") as marker:
+                if self.rank == 0:
+                    write_marker(marker, ckpt_dir, step)
+                checkpoint = ray.train.Checkpoint.from_directory(marker) if self.rank == 0 else None
+                ray.train.report({**scalars, "step": step}, checkpoint=checkpoint,
+                                 checkpoint_dir_name=f"step-{step:08d}")
+            return
+        # Otherwise each node uploads the shards it wrote.
+        checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if self.local_rank == 0 else None
         ray.train.report({**scalars, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}",
                          delete_local_checkpoint_after_upload=False)  # the trainer prunes its own checkpoints
+
+
+MARKER = "safeft_checkpoint.json"
+
+
+def write_marker(directory: str, ckpt_dir: str, step: int) -> None:
+    from safeft.io import write_json
+
+    write_json(os.path.join(directory, MARKER), {"path": os.path.abspath(ckpt_dir), "step": step})
+
+
+def resolve_checkpoint(path: str) -> str:
+    """The trainer checkpoint a Ray checkpoint stands for: the marker's target, else the directory itself."""
+    marker = os.path.join(path, MARKER)
+    if not os.path.isfile(marker):
+        return path
+    with open(marker, encoding="utf-8") as f:
+        target = json.load(f)["path"]
+    if not os.path.isdir(target):
+        raise ConfigError(f"Ray checkpoint {path!r} names {target!r}, which no longer exists (ray.shared_filesystem "
+                          "is true: every node must see the run directory)")
+    return target
 
 
 def _worker_loop(config: dict) -> None:
@@ -262,12 +296,13 @@ def _worker_loop(config: dict) -> None:
     with open(os.path.join(logs, "pids", f"rank{rank}.pid"), "w") as f:
         f.write(str(os.getpid()))
     checkpoint = ray.train.get_checkpoint()
-    resume_from = checkpoint.path if checkpoint is not None else None
-    restored = restored_step(resume_from) if resume_from else _trainer_auto_resume_step(cfg)
+    ray_path = checkpoint.path if checkpoint is not None else None
+    restored = restored_step(ray_path) if ray_path else _trainer_auto_resume_step(cfg)
     hooks_impl = _RayHooks(cfg, rank, ctx.get_world_size(), local_rank, restored)
     trim_consumed_log(hooks_impl.consumed, hooks_impl.last_logged)
+    resume_from = resolve_checkpoint(ray_path) if ray_path else None
     if resume_from:
-        print(f"safeft[rank {rank}]: resuming from {resume_from}", flush=True)
+        print(f"safeft[rank {rank}]: resuming from {ray_path} ({resume_from})", flush=True)
     resolve_train_fn()(cfg, _make_hooks(hooks_impl, resume_from))
 
 
@@ -293,10 +328,15 @@ def _make_hooks(impl: _RayHooks, resume_from: Optional[str]) -> Any:
 
 
 def _pin_device() -> None:
-    """TorchTrainer shows each worker every GPU of its node: pick ours by local rank."""
+    """TorchTrainer shows each worker every GPU of its node: use the one Ray assigned (its ids are not in
+    local-rank order), and tell `safeft.distributed.init` to keep it instead of cuda:LOCAL_RANK."""
     import torch
 
     if torch.cuda.is_available():
         from ray.train.torch import get_device
 
-        torch.cuda.set_device(get_device())  # Ray maps local rank -> this worker's GPU
+        from safeft.distributed import PINNED_DEVICE_ENV
+
+        device = get_device()
+        torch.cuda.set_device(device)
+        os.environ[PINNED_DEVICE_ENV] = str(device.index)

@@ -55,6 +55,23 @@ def test_run_name_is_filesystem_safe():
     assert ray_run_name(cfg) == "ptst--train=chat-vanilla,lookahead=virtual"
 
 
+def test_checkpoint_marker_resolves_to_the_trainer_checkpoint(tmp_path):
+    """With a shared filesystem Ray holds a marker, not a copy; a restore resolves it to the real directory."""
+    from safeft.errors import ConfigError
+    from safeft.ray_train import resolve_checkpoint, write_marker
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step00000004"
+    ckpt.mkdir(parents=True)
+    marker = tmp_path / "ray" / "step-00000004"
+    marker.mkdir(parents=True)
+    write_marker(str(marker), str(ckpt), 4)
+    assert resolve_checkpoint(str(marker)) == str(ckpt)
+    assert resolve_checkpoint(str(ckpt)) == str(ckpt)  # an uploaded checkpoint is its own directory
+    ckpt.rmdir()
+    with pytest.raises(ConfigError, match="no longer exists"):
+        resolve_checkpoint(str(marker))
+
+
 def test_trim_consumed_log_drops_steps_after_restore(tmp_path):
     log = tmp_path / "consumed-rank0.jsonl"
     log.write_text("".join(json.dumps({"step": s, "rows": [s]}) + "\n" for s in range(1, 6)))

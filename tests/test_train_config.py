@@ -298,3 +298,24 @@ def test_export_of_a_missing_checkpoint_says_what_was_expected(tmp_path, capsys)
 
     assert main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "expected a checkpoints directory with 'latest' or one step directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pinned,want", [(None, 1), ("3", 3)])
+def test_init_keeps_the_gpu_a_launcher_pinned(monkeypatch, pinned, want):
+    """Under Ray the worker's GPU is Ray's (SAFEFT_CUDA_DEVICE), not cuda:LOCAL_RANK."""
+    import torch
+
+    from safeft import distributed
+
+    chosen = []
+    monkeypatch.setattr(distributed, "device_type", lambda: "cuda")
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    if pinned is None:
+        monkeypatch.delenv(distributed.PINNED_DEVICE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(distributed.PINNED_DEVICE_ENV, pinned)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    device = distributed.init(distributed.DistEnv(rank=1, world_size=2, local_rank=1))
+    assert chosen == [want] and device == torch.device("cuda", want)
