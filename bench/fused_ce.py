@@ -5,7 +5,10 @@
 
 Baseline ("torch"): what an HF causal LM does, `logits = hidden @ weight.T`, upcast to fp32, then
 F.cross_entropy; Liger's LigerFusedLinearCrossEntropyLoss joins on CUDA when importable. Every number
-is forward + backward of the summed loss with gradients for hidden and weight.
+is forward + backward of the summed loss with gradients for hidden and weight. The fused kernel runs both
+ways the trainer calls it: `sum` (plain SFT: gradients in forward, 3 GEMMs per chunk) and `none` summed
+afterwards (constrained SFT: 4 GEMMs, logits recomputed in backward); on CUDA also `sum` with the fp32
+grad_weight accumulator the trainer uses.
 
 Memory on CPU: each variant runs in a fresh subprocess that creates its inputs, resets the kernel's
 peak-RSS mark (`echo 5 > /proc/self/clear_refs`), runs forward+backward once and reads VmHWM from
@@ -49,10 +52,21 @@ def torch_loss(h, w, labels):
     return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
 
-def fused_loss(impl: str):
+def fused_loss(impl: str, reduction: str = "sum", fp32_grad_w: bool = False):
+    """reduction "sum": gradients in the forward pass (3 GEMMs per chunk; plain SFT in the trainer); "none":
+    per-token losses summed afterwards, logits recomputed in backward (4 GEMMs; constrained SFT)."""
     from safeft.kernels import fused_linear_cross_entropy
 
-    return lambda h, w, labels: fused_linear_cross_entropy(h, w, labels, reduction="sum", impl=impl)
+    accum = torch.float32 if fp32_grad_w else None
+    if reduction == "none":
+        return lambda h, w, labels: fused_linear_cross_entropy(h, w, labels, reduction="none", impl=impl,
+                                                               grad_weight_dtype=accum).sum()
+    return lambda h, w, labels: fused_linear_cross_entropy(h, w, labels, reduction="sum", impl=impl,
+                                                           grad_weight_dtype=accum)
+
+
+CPU_VARIANTS = {"torch": lambda: torch_loss, "fused_sum": lambda: fused_loss("reference", "sum"),
+                "fused_none": lambda: fused_loss("reference", "none")}
 
 
 def liger_loss():
@@ -85,7 +99,7 @@ def _rss_kb(field: str) -> int:
 def cpu_child(variant: str, reps: int) -> dict:
     """Run in a fresh process: peak RSS of one forward+backward, then the median time of `reps` more."""
     h, w, labels = make_inputs(**CPU_SHAPE, dtype=torch.float32, device="cpu")
-    fn = torch_loss if variant == "torch" else fused_loss("reference")
+    fn = CPU_VARIANTS[variant]()
     before = _rss_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS mark to the current RSS
         f.write("5")
@@ -103,7 +117,7 @@ def cpu_child(variant: str, reps: int) -> dict:
 
 def run_cpu(args) -> dict:
     results, grads = {}, {}
-    for variant in ("torch", "fused"):
+    for variant in CPU_VARIANTS:
         path = os.path.join(args.tmp, f"flce_{variant}.pt")
         env = dict(os.environ, FLCE_BENCH_GRADS=path, PYTHONPATH=REPO)
         out = subprocess.run([sys.executable, __file__, "--child", variant, "--reps", str(args.reps)], env=env,
@@ -111,15 +125,17 @@ def run_cpu(args) -> dict:
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
         grads[variant] = torch.load(path, weights_only=True)
         os.remove(path)
-    t, f = results["torch"], results["fused"]
+    t = results["torch"]
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
-    return {
-        "shape": CPU_SHAPE, "dtype": "float32", "threads": torch.get_num_threads(), "torch": t, "fused_reference": f,
-        "peak_ratio_fused_over_torch": f["peak_mb"] / t["peak_mb"], "time_ratio_fused_over_torch": f["median_s"] / t["median_s"],
-        "loss_rel_err": abs(f["loss"] - t["loss"]) / abs(t["loss"]),
-        "grad_hidden_rel_err": rel(grads["fused"]["grad_h"], grads["torch"]["grad_h"]),
-        "grad_weight_rel_err": rel(grads["fused"]["grad_w"], grads["torch"]["grad_w"]),
-    }
+    out = {"shape": CPU_SHAPE, "dtype": "float32", "threads": torch.get_num_threads(), "torch": t}
+    for name in ("fused_sum", "fused_none"):  # reference row kernel (pure torch)
+        f = results[name]
+        out[name] = dict(f, peak_ratio_over_torch=f["peak_mb"] / t["peak_mb"],
+                         time_ratio_over_torch=f["median_s"] / t["median_s"],
+                         loss_rel_err=abs(f["loss"] - t["loss"]) / abs(t["loss"]),
+                         grad_hidden_rel_err=rel(grads[name]["grad_h"], grads["torch"]["grad_h"]),
+                         grad_weight_rel_err=rel(grads[name]["grad_w"], grads["torch"]["grad_w"]))
+    return out
 
 
 # ---------------------------------------------------------------- CUDA
@@ -143,7 +159,9 @@ def cuda_measure(fn, h, w, labels) -> dict:
 
 
 def run_cuda(args) -> list[dict]:
-    variants = {"torch": torch_loss, "fused_triton": fused_loss("triton")}
+    variants = {"torch": torch_loss, "fused_triton_sum": fused_loss("triton", "sum"),
+                "fused_triton_none": fused_loss("triton", "none"),
+                "fused_triton_sum_fp32gw": fused_loss("triton", "sum", fp32_grad_w=True)}
     liger = liger_loss()
     if liger is not None:
         variants["liger"] = liger
