@@ -2,7 +2,8 @@
 
 Both paths stream: from a live engine every rank gathers one decoder layer (or shard-sized unit) at a
 time and rank 0 appends it to the current safetensors shard; offline, `export_checkpoint` merges one
-tensor at a time from DeepSpeed's memory-mapped fp32 partitions (`zero_to_fp32` lazy mode). `safeft_run.json` tells the evaluator how the model was trained and which
+tensor at a time from DeepSpeed's memory-mapped fp32 partitions (`zero_to_fp32` lazy mode).
+`safeft_run.json` tells the evaluator how the model was trained and which
 template to test it with (PTST: the safety prompt at test time).
 """
 
@@ -192,7 +193,8 @@ def _parameter_names(model) -> set:
     return {n for n, _ in model.named_parameters()}
 
 
-def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16", max_shard_bytes: int = SHARD_BYTES) -> str:
+def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16",
+                      max_shard_bytes: int = SHARD_BYTES) -> str:
     """Offline: a DeepSpeed checkpoint (root with `latest`, or one step dir) -> an HF directory, one tensor at a
     time (DeepSpeed's lazy mode), so memory holds one shard, not the model."""
     import torch

@@ -6,7 +6,8 @@ Each worker gets the torch.distributed environment (RANK, WORLD_SIZE, LOCAL_RANK
 MASTER_PORT) from Ray Train before `run()` starts DeepSpeed, so DeepSpeed reuses Ray's gloo/nccl
 process group. The trainer's `on_checkpoint` hook reports each DeepSpeed checkpoint to Ray Train: with
 `ray.shared_filesystem` (the default) as a small marker naming the checkpoint in `<run_dir>/checkpoints`,
-so it is never copied twice; otherwise each node uploads its shards to `RunConfig.storage_path/<name>/step-<N>`. When a worker dies, Ray Train restarts the
+so it is never copied twice; otherwise each node uploads its shards to `RunConfig.storage_path/<name>/step-<N>`.
+When a worker dies, Ray Train restarts the
 worker group (up to `ray.max_failures` times) and `ray.train.get_checkpoint()` hands the last reported
 checkpoint back as `TrainHooks.resume_from`; a later `train_on_ray` with the same run name resumes the
 same way (Ray Train V2 restores from the run's checkpoint-manager snapshot in storage).
