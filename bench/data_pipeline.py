@@ -1,7 +1,8 @@
 """Data pipeline benchmark: safeft's fused pipeline vs TRL's SFT dataset preparation, side by side.
 
 Both sides start from shared/data/gsm8k/train.jsonl (7473 rows), use ONE tokenizer (a 32k-vocabulary BPE
-trained in-process, or a real one with `--tokenizer DIR`, e.g. ../shared/data/tokenizers/llama2), the template chat:vanilla, response-only labels and best-fit-decreasing
+trained in-process, or a real one with `--tokenizer DIR`, e.g. ../shared/data/tokenizers/llama2), the
+template chat:vanilla, response-only labels and best-fit-decreasing
 packing, on the same cores (num_proc 2 each). TRL runs its own `SFTTrainer._prepare_dataset` on
 prompt-completion data with completion-only loss and `packing_strategy="bfd"`.
 
@@ -109,7 +110,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--tokenizer", default=None, help="a tokenizer folder, or a shared one by name: llama2, llama3.1, qwen3 (default: a BPE "
+    parser.add_argument("--tokenizer", default=None,
+                        help="a tokenizer folder, or a shared one by name: llama2, llama3.1, qwen3 (default: a BPE "
                         "trained in-process)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -163,7 +165,8 @@ def print_table(results: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r['max_seq_len']:>7} {r['loss_tokens']:>9} {r['safeft_rows']:>5}/{r['trl_rows']:<5} {r['lower_bound']:>6} "
+        print(f"{r['max_seq_len']:>7} {r['loss_tokens']:>9} {r['safeft_rows']:>5}/{r['trl_rows']:<5} "
+              f"{r['lower_bound']:>6} "
               f"{100 * r['safeft_eff']:>9.2f}% {100 * r['trl_eff']:>7.2f}% "
               f"{r['examples'] / r['safeft_s']:>11.0f} {r['examples'] / r['trl_s']:>9.0f} "
               f"{r['tokens'] / r['safeft_s']:>12.0f} {r['tokens'] / r['trl_s']:>10.0f} "

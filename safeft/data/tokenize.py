@@ -84,7 +84,8 @@ def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -
             cut = len(answer) - 1
         # Trained: the answer through its end-of-turn token; the template's separator after it
         # (ChatML's "\n") stays in the input only, since generation stops at that token.
-        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + answer[: cut + 1] + [IGNORE_INDEX] * (len(answer) - cut - 1)
+        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + answer[: cut + 1]
+        labels += [IGNORE_INDEX] * (len(answer) - cut - 1)
         ids = p_ids + answer
     return ids, labels
 
