@@ -4,6 +4,8 @@ Applied to training data only, after field mapping and before the template; eval
 never changed.
 - real:    x' = x + connector + first m answer tokens (model tokenizer, joined back by the tokenizer);  y' = y
 - virtual: x' = x + connector + prefix;  y' = prefix + y
+An answer shorter than m tokens is previewed whole (the reference's `tokenize(y)[:m]` slice does the same);
+that is not an error, since short GSM8K/SAMSum answers are ordinary data.
 """
 
 from __future__ import annotations

@@ -125,12 +125,31 @@ class ChatTemplate:
         return msgs
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        # Templates with a thinking switch (Qwen3) get it off: the empty <think></think> block then ends
+        # the prompt, so the trained answer and what the evaluator scores are the answer alone.
+        extra = {"enable_thinking": False} if "enable_thinking" in (self.tokenizer.chat_template or "") else {}
         try:
             return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
             )
         except Exception as e:  # jinja errors, e.g. templates that reject a system role
-            raise TemplateError(f"template '{self.name}': the tokenizer's chat template failed: {e}") from None
+            hint = (f" (a system prompt {self.system_name!r} is configured: template.train_system / "
+                    "template.test_system 'none' leaves it out)") if self.system is not None else ""
+            raise TemplateError(f"template '{self.name}': the tokenizer's chat template failed: {e}{hint}") from None
+
+    def end_token_id(self) -> Optional[int]:
+        """The special token the template puts right after an assistant answer (`<|eot_id|>`,
+        `<|im_end|>`, `</s>`), or None when what follows is not a single special token. Cached."""
+        if "_end" in self.__dict__:
+            return self._end
+        sentinel = "SAFEFT_ANSWER_END"
+        text = self.render(self.messages([("Q", sentinel)]), add_generation_prompt=False)
+        tail = text[text.rindex(sentinel) + len(sentinel):] if sentinel in text else ""
+        ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+        special = set(self.tokenizer.all_special_ids) | {
+            i for i, t in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        self._end: Optional[int] = ids[0] if ids and ids[0] in special else None
+        return self._end
 
     def prompt(self, question: str, history: tuple = ()) -> str:
         return self.render(self.messages(list(history) + [(question, None)]), add_generation_prompt=True)

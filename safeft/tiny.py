@@ -113,3 +113,81 @@ def build_tiny_model_dir(out_dir: str, vocab_size: int = 512, seed: int = 0, **m
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+# --- tiny models of real architectures, for a real tokenizer ---------------------------------------
+
+# What the published configs say (config.json / generation_config.json of Llama-2-7b-chat-hf,
+# Llama-3.1-8B-Instruct, Qwen3-0.6B), keyed by family. vocab: embedding rows (Qwen3 pads its 151,669
+# tokens to 151,936); eos: generation_config.eos_token_id, a list where the real repositories have one.
+REAL_FAMILIES = {
+    "llama2": {"arch": "llama", "vocab": 32000, "tied": False, "bos": 1, "eos": 2, "pad": None},
+    "llama3.1": {"arch": "llama", "vocab": 128256, "tied": False, "bos": 128000, "eos": [128001, 128008, 128009],
+                 "pad": None},
+    "qwen3": {"arch": "qwen3", "vocab": 151936, "tied": True, "bos": 151643, "eos": [151645, 151643],
+              "pad": 151643},
+}
+
+
+def real_family(tokenizer) -> dict:
+    """The published-config facts of the tokenizer's family (recognised by its special tokens), or, for
+    any other tokenizer, an untied Llama with the tokenizer's own size and special ids."""
+    ids = tokenizer.convert_tokens_to_ids
+    if ids("<|im_start|>") == 151644 and ids("<|im_end|>") == 151645:
+        name = "qwen3"
+    elif ids("<|begin_of_text|>") == 128000 and ids("<|eot_id|>") == 128009:
+        name = "llama3.1"
+    elif len(tokenizer) == 32000 and ids("<s>") == 1 and ids("</s>") == 2:
+        name = "llama2"
+    else:
+        return {"family": "other", "arch": "llama", "vocab": len(tokenizer), "tied": False,
+                "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+    return {"family": name, **REAL_FAMILIES[name]}
+
+
+def tiny_real_model(tokenizer, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                    intermediate: int = 128, max_positions: int = 4096):
+    """A random-initialised Llama or Qwen3 (float32, SDPA) with the family's vocabulary size, special
+    ids and tying, at toy width; returns (model, family facts)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    fam = real_family(tokenizer)
+    common = dict(vocab_size=max(fam["vocab"], len(tokenizer)), hidden_size=hidden, intermediate_size=intermediate,
+                  num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                  max_position_embeddings=max_positions, bos_token_id=fam["bos"], eos_token_id=fam["eos"],
+                  pad_token_id=fam["pad"], tie_word_embeddings=fam["tied"])
+    if fam["arch"] == "qwen3":
+        config, cls = Qwen3Config(head_dim=hidden // heads, **common), Qwen3ForCausalLM
+    else:
+        config, cls = LlamaConfig(**common), LlamaForCausalLM
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = cls(config).float().eval()
+    model.generation_config = GenerationConfig(bos_token_id=fam["bos"], eos_token_id=fam["eos"],
+                                               pad_token_id=fam["pad"])
+    return model, fam
+
+
+def build_real_tiny_model_dir(tokenizer_dir: str, out_dir: str, seed: int = 0, eos_token: Optional[str] = None,
+                              **model_kwargs) -> str:
+    """A tiny model of the real architecture of `tokenizer_dir` (a Hugging Face tokenizer folder), saved
+    with that tokenizer and a generation_config as one HF directory (atomically); returns out_dir.
+
+    `eos_token` overrides the tokenizer's EOS (e.g. "<|end_of_text|>", as base Llama-3 repositories
+    ship it) without changing the model's generation_config. Cached: an existing out_dir is reused.
+    """
+    from transformers import AutoTokenizer
+
+    from safeft.io import atomic_path
+
+    if os.path.isfile(os.path.join(out_dir, "config.json")):
+        return out_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if eos_token is not None:
+        tokenizer.eos_token = eos_token
+    model, _ = tiny_real_model(tokenizer, seed=seed, **model_kwargs)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out_dir

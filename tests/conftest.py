@@ -33,3 +33,23 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory) -> str:
     from helpers import sharp_tiny_model_dir
 
     return sharp_tiny_model_dir(tiny_model_dir, str(tmp_path_factory.mktemp("sharp") / "model"))
+
+
+@pytest.fixture(scope="session")
+def real_tiny_model(tmp_path_factory):
+    """`real_tiny_model(name, eos_token=None)`: the HF directory of a tiny random model of the real
+    architecture of shared tokenizer `name` (llama2, llama3.1, qwen3), built once per session; skips
+    with the reason when the shared tokenizer folder is absent."""
+    from safeft.data.shared import shared_tokenizer
+    from safeft.tiny import build_real_tiny_model_dir
+
+    root = tmp_path_factory.mktemp("real")
+
+    def build(name: str, eos_token=None) -> str:
+        src = shared_tokenizer(name)
+        if src is None:
+            pytest.skip(f"shared tokenizer {name!r} not found (shared/data/tokenizers/{name}; set SAFEFT_SHARED_DATA)")
+        tag = name + ("" if eos_token is None else "-eos-" + "".join(c for c in eos_token if c.isalnum()))
+        return build_real_tiny_model_dir(src, str(root / tag), eos_token=eos_token)
+
+    return build

@@ -83,3 +83,18 @@ def sharp_tiny_model_dir(base_dir: str, out_dir: str, steps: int = 60) -> str:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
     return out_dir
+
+
+REAL_TOKENIZERS = ("llama2", "llama3.1", "qwen3")
+
+
+def shared_tokenizer_or_skip(name: str) -> str:
+    """The shared tokenizer folder `name`, or skip the test naming what is missing."""
+    import pytest
+
+    from safeft.data.shared import shared_tokenizer
+
+    path = shared_tokenizer(name)
+    if path is None:
+        pytest.skip(f"shared tokenizer {name!r} not found (shared/data/tokenizers/{name}; set SAFEFT_SHARED_DATA)")
+    return path

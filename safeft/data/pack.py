@@ -18,15 +18,72 @@ from safeft.data.tokenize import IGNORE_INDEX
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int, repair: bool = True) -> list[list[int]]:
-    """Bins of item indices, each bin's total length <= capacity.
+    """Bins of item indices, each bin's total length <= capacity, as few as the heuristics find.
 
-    Items go in decreasing length into the bin whose free space is smallest but still enough.
-    Free-space values are kept sorted (at most `capacity` distinct values), so each placement is a
-    bisect: O(n log capacity) over the whole dataset. With `repair` the bins then go through
-    `repair_bins`, which removes bins where it can (never adds one); `repair=False` is plain BFD.
+    `repair=False` is plain best-fit-decreasing: items go in decreasing length into the bin whose
+    free space is smallest but still enough (a bisect over sorted free-space values, O(n log capacity)).
+    The default packs twice and keeps the fewer bins (the subset-sum fill on ties): `subset_sum_fill`,
+    which reaches ceil(total / capacity) on GSM8K and SAMSum under real tokenizers where BFD leaves
+    about 1% of every row as holes no item fits, and BFD followed by `repair_bins`, whose result is
+    kept when it is strictly better (a guard for adversarial length mixes). Both are deterministic.
     """
-    bins = _plain_best_fit_decreasing(lengths, capacity)
-    return repair_bins(bins, lengths, capacity) if repair else bins
+    if not repair:
+        return _plain_best_fit_decreasing(lengths, capacity)
+    filled = repair_bins(subset_sum_fill(lengths, capacity), lengths, capacity)
+    if len(filled) <= -(-sum(lengths) // capacity):
+        return filled
+    repaired = repair_bins(_plain_best_fit_decreasing(lengths, capacity), lengths, capacity)
+    return repaired if len(repaired) < len(filled) else filled
+
+
+def subset_sum_fill(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Open bins longest item first and complete each with the subset of the remaining items that
+    fills it best (exactly, whenever one exists), larger items preferred.
+
+    The subset sum runs over distinct lengths with their counts (binary-split bundles), as Python
+    big-int bitsets of capacity + 1 bits, and stops at the first exact fill; items of one length are
+    taken lowest index first. Many short documents per row (GSM8K at 2048: ~10) leave so many
+    combinations that almost every bin closes with no hole at all.
+    """
+    by_len: dict[int, list[int]] = {}
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], -i)):
+        if lengths[i] > capacity:
+            raise ValueError(f"item {i} has length {lengths[i]} > capacity {capacity}")
+        by_len.setdefault(lengths[i], []).append(i)  # a stack per length: pop() gives the lowest index
+    counts = {n: len(items) for n, items in by_len.items()}
+    bins: list[list[int]] = []
+    for top in sorted(counts, reverse=True):
+        while counts[top]:
+            counts[top] -= 1
+            b = [by_len[top].pop()]
+            for n in _best_subset(counts, capacity - top):
+                counts[n] -= 1
+                b.append(by_len[n].pop())
+            bins.append(b)
+    return bins
+
+
+def _best_subset(counts: dict[int, int], room: int) -> list[int]:
+    """A multiset of lengths drawn from `counts` with the largest sum <= room (larger lengths first)."""
+    mask = (1 << (room + 1)) - 1
+    reach, steps = 1, []  # bit s of reach: sum s is reachable; steps: (reach before, length, copies)
+    for n in sorted((n for n, c in counts.items() if c and 0 < n <= room), reverse=True):
+        left, k = min(counts[n], room // n), 1
+        while left > 0:  # bundles of 1, 2, 4, ... copies express every count up to `left`
+            take = min(k, left)
+            steps.append((reach, n, take))
+            reach = (reach | (reach << (take * n))) & mask
+            left -= take
+            k *= 2
+        if reach >> room & 1:
+            break
+    s = reach.bit_length() - 1
+    out: list[int] = []
+    for before, n, take in reversed(steps):  # s unreachable before a bundle -> that bundle is in the sum
+        if not before >> s & 1:
+            s -= take * n
+            out += [n] * take
+    return out
 
 
 def _plain_best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:

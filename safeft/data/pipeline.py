@@ -3,7 +3,7 @@
     prepared = prepare(cfg)            # Prepared(path, dataset, stats, fingerprint)
 
 Tokenisation runs in `data.num_proc` forked processes over shards of examples (batched tokenizer
-calls per shard). Packing is best-fit-decreasing over the whole dataset plus a row-emptying repair pass;
+calls per shard). Packing is a subset-sum fill over the whole dataset (BFD plus a repair pass as a guard);
 rows are assembled with numpy from flat token arrays and written as Arrow list<int32> columns, which yields exactly the
 rows of `safeft.data.pack.pack` (or `no_packing`) without per-token Python work.
 
@@ -35,7 +35,7 @@ from safeft.data.tokenize import IGNORE_INDEX, encode_single_batch, encode_turns
 
 log = logging.getLogger(__name__)
 
-DATA_FORMAT_VERSION = 2  # bump when the row layout or the tokenisation rules change (2: packing repair pass)
+DATA_FORMAT_VERSION = 3  # bump when the row layout or the tokenisation rules change (2: repair, 3: subset-sum fill)
 SHARD_SIZE = 1024  # examples per tokenizer call / progress step
 MIN_PARALLEL = 4096  # below this many examples, forking costs more than it saves
 STATS_FILE = "stats.json"

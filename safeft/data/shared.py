@@ -31,3 +31,10 @@ def shared_file(*parts: str) -> Optional[str]:
     root = shared_data_dir()
     path = root.joinpath(*parts) if root else None
     return str(path) if path and path.is_file() else None
+
+
+def shared_tokenizer(name: str) -> Optional[str]:
+    """The folder `shared/data/tokenizers/<name>` (llama2, llama3.1, qwen3) when it holds a tokenizer, else None."""
+    root = shared_data_dir()
+    path = root / "tokenizers" / name if root else None
+    return str(path) if path and (path / "tokenizer_config.json").is_file() else None

@@ -77,9 +77,15 @@ def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -
         _check_prefix(template, tokenizer, ids, p_ids)
         _check_prefix(template, tokenizer, p_ids, f_ids)
         answer = f_ids[len(p_ids):]
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in answer[-2:]:
-            answer = answer + [tokenizer.eos_token_id]
-        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + answer
+        ends = {tokenizer.eos_token_id, template.end_token_id()} - {None}
+        cut = max((j for j, t in enumerate(answer) if t in ends), default=None)
+        if cut is None:
+            answer = answer + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+            cut = len(answer) - 1
+        # Trained: the answer through its end-of-turn token; the template's separator after it
+        # (ChatML's "\n") stays in the input only, since generation stops at that token.
+        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + answer[: cut + 1]
+        labels += [IGNORE_INDEX] * (len(answer) - cut - 1)
         ids = p_ids + answer
     return ids, labels
 

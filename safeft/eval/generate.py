@@ -67,6 +67,28 @@ def truncate_at_stop(text: str, stop: list[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
+def end_ids(model: Any, tokenizer: Any, template: Any = None) -> list[int]:
+    """Every id that ends a turn: the tokenizer's EOS, `generation_config.eos_token_id` (an int or a
+    list, as Llama-3.1-Instruct's [128001, 128008, 128009]) and the chat template's end marker
+    (`<|eot_id|>`, `<|im_end|>`), taken from `template` or else from the tokenizer's own chat template.
+    Base Llama-3 repositories have `<|end_of_text|>` as EOS while their turns end at `<|eot_id|>`."""
+    ids: list = [tokenizer.eos_token_id]
+    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(cfg, "eos_token_id", None)
+        ids += eos if isinstance(eos, (list, tuple)) else [eos]
+    if template is None and getattr(tokenizer, "chat_template", None):
+        from safeft.templates import ChatTemplate
+
+        template = ChatTemplate(tokenizer)
+    end = getattr(template, "end_token_id", None)
+    if callable(end):
+        try:
+            ids.append(end())
+        except Exception as e:  # a template that cannot render a plain user/assistant pair
+            log.warning("no end-of-turn marker from the chat template: %s", e)
+    return sorted({int(i) for i in ids if i is not None})
+
+
 class Engine:
     """One model replica: loads the model once, then runs generate or next-token jobs on prompt ids."""
 
@@ -90,6 +112,7 @@ class Engine:
             self.model.to(self.device)
         self.device = next(self.model.parameters()).device
         self.eos = self.tokenizer.eos_token_id
+        self.end_ids = end_ids(self.model, self.tokenizer)  # generation stops at any of them
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         self.engine = self._pick_engine(settings.engine)
 
@@ -135,7 +158,7 @@ class Engine:
             ids[row, width - len(p):] = torch.tensor(p)
             mask[row, width - len(p):] = 1
         s = self.settings
-        kwargs: dict = {"max_new_tokens": max_new, "do_sample": s.do_sample, "eos_token_id": self.eos,
+        kwargs: dict = {"max_new_tokens": max_new, "do_sample": s.do_sample, "eos_token_id": self.end_ids,
                         "pad_token_id": self.pad}
         if s.do_sample:
             kwargs.update(temperature=s.temperature, top_p=s.top_p)
@@ -151,7 +174,7 @@ class Engine:
         from transformers import GenerationConfig
 
         s = self.settings
-        gc = GenerationConfig(max_new_tokens=max_new, do_sample=s.do_sample, eos_token_id=self.eos,
+        gc = GenerationConfig(max_new_tokens=max_new, do_sample=s.do_sample, eos_token_id=self.end_ids,
                               pad_token_id=self.pad, **({"temperature": s.temperature, "top_p": s.top_p}
                                                         if s.do_sample else {}))
         out: list[dict] = []
@@ -170,11 +193,14 @@ class Engine:
         return out
 
     def _finish(self, tokens: list[int]) -> dict:
-        """Cut at the first EOS (and the padding after it), decode, cut at the first stop string."""
-        if self.eos in tokens:
-            tokens = tokens[: tokens.index(self.eos)]
+        """Cut at the first end-of-turn id (and the padding after it), decode, cut at the first stop
+        string. `stop`: 'eos' (an end id ended it), 'stop' (a stop string did), else 'length'."""
+        cut = next((k for k, t in enumerate(tokens) if t in self.end_ids), None)
+        tokens = tokens if cut is None else tokens[:cut]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return {"tokens": tokens, "completion": truncate_at_stop(text, self.settings.stop)}
+        completion = truncate_at_stop(text, self.settings.stop)
+        stop = "eos" if cut is not None else ("stop" if completion != text else "length")
+        return {"tokens": tokens, "completion": completion, "stop": stop}
 
     # -- next-token probabilities (classifier judges) ----------------------------------------------
     def next_token_probs(self, prompts: list[list[int]], token_ids: list[int],

@@ -203,6 +203,7 @@ def _score_and_write(cfg, model, tag, info, job, task: Task, name, template, pre
             rec["prefill"] = prefills[k]
         rec["completion"] = line["completion"]
         rec["completion_tokens"] = len(line["tokens"])
+        rec["stop"] = line.get("stop") or ("length" if len(line["tokens"]) >= task.max_new_tokens else "eos")
         for key in ("reference", "category"):
             if key in it:
                 rec[key] = it[key]
@@ -210,8 +211,11 @@ def _score_and_write(cfg, model, tag, info, job, task: Task, name, template, pre
         records.append(rec)
     pred_path = job.dir + ".jsonl"
     write_text(pred_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    # A generation cut by max_new_tokens is scored as it stands (often wrong): count them per task/template.
+    length_stops = sum(r["stop"] == "length" for r in records)
     return {"model": model, "model_tag": tag, "task": task.name, "kind": task.kind, "template": name,
-            "train_template": _train_template(info), "n": len(records), "metrics": metrics,
+            "train_template": _train_template(info), "n": len(records), "length_stops": length_stops,
+            "metrics": metrics,
             "predictions": os.path.relpath(pred_path, out)}
 
 
@@ -241,6 +245,7 @@ def _summary(cfg, rows, provenance, stats, tasks, settings) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "metrics": {f"{r['model_tag']}/{r['task']}/{r['template']}": {k: v["value"] for k, v in r["metrics"].items()}
                     for r in rows},
+        "length_stops": {f"{r['model_tag']}/{r['task']}/{r['template']}": r["length_stops"] for r in rows},
         "rows": rows,
         "provenance": {
             "models": provenance,

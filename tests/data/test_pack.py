@@ -18,6 +18,7 @@ from safeft.data.pack import (
     no_packing,
     pack,
     repair_bins,
+    subset_sum_fill,
 )
 from safeft.data.tokenize import IGNORE_INDEX
 
@@ -106,8 +107,30 @@ def test_repair_never_adds_bins_and_keeps_items_within_capacity(seed):
         assert sorted(i for b in bins for i in b) == list(range(len(lengths)))  # each item exactly once
         assert all(b and sum(lengths[i] for i in b) <= cap for b in bins)
         assert -(-sum(lengths) // cap) <= len(bins) <= len(plain)
-    assert best_fit_decreasing(lengths, cap) == repair_bins(plain, lengths, cap)  # the default, deterministic
-    assert best_fit_decreasing(lengths, cap) == best_fit_decreasing(lengths, cap)
+    default = best_fit_decreasing(lengths, cap)
+    assert default == best_fit_decreasing(lengths, cap)  # deterministic
+    assert sorted(i for b in default for i in b) == list(range(len(lengths)))
+    assert all(b and sum(lengths[i] for i in b) <= cap for b in default)
+    assert len(default) <= len(repair_bins(plain, lengths, cap))  # never worse than BFD + repair
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_subset_sum_fill_against_a_brute_force_subset_sum(seed):
+    # Each bin is its longest remaining item plus the best subset of the rest: check the first bin's
+    # fill against an exhaustive search over small inputs.
+    from itertools import combinations
+
+    rng = random.Random(seed)
+    cap = rng.choice([10, 17, 32])
+    lengths = [rng.randint(1, cap) for _ in range(rng.randint(1, 11))]
+    bins = subset_sum_fill(lengths, cap)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= cap for b in bins)
+    top = max(range(len(lengths)), key=lambda i: (lengths[i], -i))
+    rest = [i for i in range(len(lengths)) if i != top]
+    best = max(sum(lengths[i] for i in c) for k in range(len(rest) + 1) for c in combinations(rest, k)
+               if sum(lengths[i] for i in c) <= cap - lengths[top])
+    assert bins[0][0] == top and sum(lengths[i] for i in bins[0]) == lengths[top] + best
 
 
 def test_repair_reaches_the_lower_bound_where_bfd_leaves_unusable_holes():
