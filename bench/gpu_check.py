@@ -9,6 +9,7 @@ Steps run in order, each in its own subprocess under a time cap, all under one g
   env         versions, device, which optional packages and attention backends really import
   tests       the GPU-marked tests plus the Triton kernel tests (pytest, JUnit XML parsed)
   eval        bench/eval_throughput.py: budget and continuous engines vs the naive loop, varied stops
+              (CPU mode: budget only; continuous batching's CPU cache set-up alone takes tens of seconds)
   train_mfu   bench/train_mfu.py: padded vs packed tokens/s and MFU on 1B- and 3B-class shapes
   fused_ce    bench/fused_ce.py: fused CE peak memory and time vs torch (and Liger when present)
 Writes gpu_check.json (every figure, verdict and log tail), gpu_check.md (a table to paste into
@@ -33,8 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gpu_check_report import TARGETS, render_markdown, verdicts  # noqa: E402
 
-CAPS = {"install": 90, "env": 60, "tests": 240, "eval": 100, "train_mfu": 150, "fused_ce": 120}  # seconds, CUDA
-CPU_CAPS = {"install": 60, "env": 60, "tests": 120, "eval": 120, "train_mfu": 120, "fused_ce": 120}
+CAPS = {"install": 90, "env": 60, "tests": 200, "eval": 100, "train_mfu": 150, "fused_ce": 120}  # seconds, CUDA
+# CPU mode is a smoke run on a possibly shared CI machine: generous caps, figures not judged
+CPU_CAPS = {"install": 60, "env": 120, "tests": 180, "eval": 180, "train_mfu": 180, "fused_ce": 300}
 
 ENV_PROBE = r"""
 import importlib, json, platform, sys
@@ -103,7 +105,7 @@ class Check:
         rec = {"status": status, "seconds": round(time.monotonic() - t0, 1), "tail": text[-3000:]}
         self.log.write(f"\n===== {name}: {status}, {rec['seconds']} s\n$ {' '.join(cmd)}\n{text}\n")
         self.log.flush()
-        if parse is not None:
+        if parse is not None and status == "ok":
             try:
                 rec.update(parse(text))
             except Exception as e:  # a step that ran but whose output cannot be read still reports
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
     if "tests" in steps:
         step_tests(c)
     if "eval" in steps:
-        _bench(c, "eval", "eval_throughput.py", ["--prompts", "6", "--max-new", "8"] if c.cpu
+        _bench(c, "eval", "eval_throughput.py", ["--prompts", "8", "--max-new", "8", "--engines", "budget"] if c.cpu
                else ["--device", "cuda", "--arch", "1b", "--prompts", "128", "--max-new", "128"])
     if "train_mfu" in steps:
         _bench(c, "train_mfu", "train_mfu.py", ["--smoke", "--steps", "2"] if c.cpu

@@ -71,7 +71,8 @@ def _fused_figures(res: Optional[dict]) -> dict[str, tuple[str, Optional[bool], 
     else:
         peak = (f"{fused['peak_gb']:.2f} GiB; torch {torch_row}", True if torch_row == "OOM" else None, "no torch row")
     if isinstance(liger, dict):
-        t = (f"{fused['median_ms']:.1f} ms vs Liger {liger['median_ms']:.1f} ms", fused["median_ms"] <= liger["median_ms"], "")
+        t = (f"{fused['median_ms']:.1f} ms vs Liger {liger['median_ms']:.1f} ms",
+             fused["median_ms"] <= liger["median_ms"], "")
     else:
         t = (f"{fused['median_ms']:.1f} ms", None, "liger-kernel not installed" if liger is None else f"Liger {liger}")
     return {"fused_ce_peak": peak, "fused_ce_time": t}
@@ -102,7 +103,8 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {name} | {s['status']} | {s.get('seconds', '')} | {_detail(name, s)} |")
     mfu = _result(report, "train_mfu")
     if mfu:
-        lines += ["", "| model | variant | attention | tokens/s | MFU | speedup | peak GiB |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| model | variant | attention | tokens/s | MFU | speedup | peak GiB |",
+                  "|---|---|---|---|---|---|---|"]
         for r in mfu.get("results", []):
             m = f"{r['mfu'] * 100:.1f}%" if r.get("mfu") else "-"
             mem = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") else "-"

@@ -133,7 +133,6 @@ class Engine:
 
     def __init__(self, model_path: Optional[str], settings: GenSettings, model: Any = None, tokenizer: Any = None):
         """Load `model_path`, or wrap an already loaded `model` and `tokenizer` (benchmarks)."""
-        import torch
         from transformers import AutoModelForCausalLM
 
         from safeft.model import load_tokenizer

@@ -53,18 +53,19 @@ def test_verdicts_against_targets():
 @pytest.mark.slow
 def test_cpu_mode_runs_every_step(tmp_path):
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--out", str(out)], cwd=REPO,
-                       env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu", "--deadline", "900", "--out", str(out)], cwd=REPO,
+                       env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1000)
     assert r.returncode == 0, r.stdout[-4000:]
     report = json.loads((out / "gpu_check.json").read_text())
     steps = report["steps"]
     assert report["mode"] == "cpu-smoke" and list(steps) == ["install", "env", "tests", "eval", "train_mfu", "fused_ce"]
-    assert all(s["status"] == "ok" for n, s in steps.items() if n != "install"), {n: s["status"] for n, s in steps.items()}
+    status = {n: s["status"] for n, s in steps.items()}
+    assert all(s == "ok" for n, s in status.items() if n != "install"), status
     assert steps["env"]["env"]["device"] == "cpu" and steps["env"]["env"]["torch"]
     t = steps["tests"]["tests"]
     assert t["total"] > 0 and t["skipped"] == t["total"]  # every GPU test is collected, and skipped here
     ev = steps["eval"]["result"]
-    assert [e["engine"] for e in ev["engines"]] == ["budget", "continuous"]
+    assert [e["engine"] for e in ev["engines"]] == ["budget"]
     assert all(e["lengths_equal"] == f"{ev['prompts']}/{ev['prompts']}" for e in ev["engines"])
     assert steps["train_mfu"]["result"]["results"][1]["speedup_vs_padded"] > 0
     assert steps["fused_ce"]["result"]["peak_ratio_fused_over_torch"] > 0
