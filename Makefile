@@ -1,6 +1,7 @@
 # safeft: two commands set everything up on a fresh machine.
 #   make demo   the main job on the embedded default (tiny model, generated data, local Ray, DeepSpeed on CPU)
 #   make test   the test suite
+#   make gpu-check  every GPU path on one CUDA GPU in under 8 min (bench/gpu_check.py; CPU smoke without CUDA)
 # Both create .venv at the repository root when it is missing.
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo bench gpu-check clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,12 @@ demo: venv
 bench: venv
 	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/data_pipeline.py
+
+# Runs with the machine's own python3 (a GPU image brings torch/transformers/triton; .whl/ the rest, see
+# bench/gpu_wheels.sh), not .venv: results go to $OUT when set, else runs/gpu-check/.
+GPU_CHECK_PY ?= python3
+gpu-check:
+	env -u DS_ACCELERATOR $(GPU_CHECK_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .cache .pytest_cache

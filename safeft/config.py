@@ -154,7 +154,8 @@ class EvalConfig:
     gpus_per_replica: int = 1
     backend: Literal["auto", "local", "ray"] = "auto"
     engine: Literal["auto", "continuous", "budget"] = "auto"
-    batch_tokens: int = 16384  # KV-cache token budget per batch
+    batch_tokens: int = 16384  # KV-cache token budget per batch (an upper bound when kv_cache_gb caps it)
+    kv_cache_gb: Optional[float] = None  # KV-cache GiB per replica (budget engine); None: 40% of free GPU memory
     max_batch_size: int = 64
     max_new_tokens: int = 512
     do_sample: bool = False
@@ -317,6 +318,10 @@ def validate(cfg: Config) -> Config:
           "expected a non-empty list of positive numbers")
     check(ev.replicas >= 1, "eval.replicas", "expected >= 1")
     check(ev.batch_tokens >= 64, "eval.batch_tokens", "expected >= 64")
+    check(ev.kv_cache_gb is None or ev.kv_cache_gb > 0, "eval.kv_cache_gb", "expected > 0 GiB (or unset: automatic)")
+    check(ev.gpus_per_replica >= 1, "eval.gpus_per_replica", "expected >= 1")
+    check(not (ev.engine == "continuous" and ev.gpus_per_replica > 1), "eval.engine",
+          "'continuous' keeps its paged KV cache on one GPU; use 'budget' or 'auto' with eval.gpus_per_replica > 1")
     from safeft.eval.gates import gate_problems
     from safeft.eval.tasks import SAFETY, UTILITY
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from safeft.errors import SafeftError
@@ -45,7 +46,12 @@ def run(action: str, config: str, overrides: list[str], evaluate: bool = True) -
         return run_sweep(cfg, evaluate=evaluate)
     from safeft.eval import evaluate as evaluate_fn
 
-    return evaluate_fn(cfg.single("eval"))
+    cfg = cfg.single("eval")
+    if cfg.eval.backend != "local" and (cfg.ray.use_gpu or os.environ.get("RAY_ADDRESS") or cfg.ray.address):
+        from safeft.ray_train import connect
+
+        connect(cfg)  # the job's cluster: replicas then run in GPU actors, never on the driver's GPU
+    return evaluate_fn(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

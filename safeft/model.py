@@ -46,24 +46,49 @@ def resolve_model_path(name_or_path: str, is_main: bool = True, barrier=None) ->
 
 def select_attention(requested: str, device_type: str) -> str:
     """The attention for packed rows: flash-attn varlen, PyTorch varlen, or SDPA with the packed mask."""
-    import importlib.util
-
-    has_flash = importlib.util.find_spec("flash_attn") is not None
     if requested == "auto":
-        if device_type == "cuda" and has_flash:
+        if device_type == "cuda" and flash_attn_usable():
             return "flash_attention_2"
         if device_type == "cuda" and _torch_varlen() is not None:
             return register_varlen_attention()
         return "sdpa"
     if requested == "flash_attn":
-        if not has_flash or device_type != "cuda":
-            raise SafeftError("model.attention: flash_attn needs the flash-attn package and a CUDA device; use auto")
+        if device_type != "cuda" or not flash_attn_usable():
+            raise SafeftError("model.attention: flash_attn needs a flash-attn package that imports with its CUDA "
+                              "extension, and a CUDA device; use auto")
         return "flash_attention_2"
     if requested == "varlen":
         if _torch_varlen() is None or device_type != "cuda":
             raise SafeftError("model.attention: varlen needs torch.nn.attention.varlen and a CUDA device; use auto")
         return register_varlen_attention()
     return requested  # sdpa | eager
+
+
+def flash_attn_usable() -> bool:
+    """Whether flash-attn really imports, CUDA extension included, and transformers agrees.
+
+    `find_spec` is not enough: a wheel built for another torch or CUDA is found, then fails at the
+    first forward with an undefined symbol (ImportError or OSError from the loader).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+        import flash_attn_2_cuda  # noqa: F401  (the compiled extension; the usual point of failure)
+    except Exception as e:  # ImportError, OSError (undefined symbol), RuntimeError from its own checks
+        log.warning("attention: flash-attn is installed but does not import (%s: %s); falling back to torch "
+                    "varlen or SDPA", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return False
+    try:
+        from transformers.utils import is_flash_attn_2_available
+    except ImportError:
+        return True
+    if not is_flash_attn_2_available():
+        log.warning("attention: transformers does not accept this flash-attn (version or device); falling back")
+        return False
+    return True
 
 
 def uses_varlen_kwargs(attn_implementation: str) -> bool:

@@ -6,10 +6,29 @@ import os
 
 import pytest
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+CUDA = _cuda()
+if not CUDA:  # on a GPU machine DeepSpeed keeps its CUDA accelerator, so GPU-marked tests test GPU paths
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.gpu` tests need CUDA: skipped, with the reason, where there is none."""
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (pytest -m gpu on a GPU machine; make gpu-check)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,23 @@ Both take prompts as token ids (rendered by the test template through `encode_pr
 per prompt, the generated token ids (cut at EOS) and the text (cut at the first stop string).
 
 budget: sort by prompt length (longest first), fill a batch while (longest prompt + max_new) x batch
-        stays within `eval.batch_tokens` KV-cache tokens, left-pad, `model.generate`.
+        stays within the token budget, left-pad, `model.generate`. The budget is `eval.batch_tokens`,
+        capped by `eval.kv_cache_gb` over the model's KV bytes per token (default: a share of the free
+        GPU memory after the weights load), so a multi-head 13B and a GQA 8B get the budget they fit.
 continuous: `model.generate_batch` (paged KV cache, requests join and leave the running batch).
-auto: continuous on CUDA when the model has `generate_batch`, else budget (on CPU the continuous
-      manager's per-step overhead outweighs its gain for small models).
+auto: continuous on one CUDA device when the model has `generate_batch`, else budget (on CPU the
+      continuous manager's per-step overhead outweighs its gain for small models; a replica over several
+      GPUs gets budget, since the paged cache lives on one device).
+
+Placement: one GPU per replica is `cuda:{LOCAL_RANK}` under launcher ranks and the first visible GPU
+otherwise (a Ray actor sees only its own); a replica over several GPUs gets `device_map="auto"`
+restricted (`max_memory`) to its own GPUs: launcher rank r owns GPUs [r*g, (r+1)*g).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -24,6 +32,7 @@ log = logging.getLogger(__name__)
 class GenSettings:
     engine: str = "auto"
     batch_tokens: int = 16384
+    kv_cache_gb: Optional[float] = None  # None: KV_FREE_SHARE of the free GPU memory; no cap on CPU
     max_batch_size: int = 64
     do_sample: bool = False
     temperature: float = 1.0
@@ -37,7 +46,8 @@ class GenSettings:
     @classmethod
     def from_config(cls, ev: Any, trust_remote_code: bool = False) -> "GenSettings":
         """The engine's share of the `eval` section (the engine never sees tasks, judges or gates)."""
-        shared = ("engine", "batch_tokens", "max_batch_size", "do_sample", "temperature", "top_p", "seed")
+        shared = ("engine", "batch_tokens", "kv_cache_gb", "max_batch_size", "do_sample", "temperature", "top_p",
+                  "seed")
         return cls(**{k: getattr(ev, k) for k in shared}, stop=list(ev.stop), gpus=ev.gpus_per_replica,
                    trust_remote_code=trust_remote_code)
 
@@ -45,6 +55,57 @@ class GenSettings:
         """The settings that change outputs (recorded as provenance and in shard fingerprints)."""
         return {"do_sample": self.do_sample, "temperature": self.temperature, "top_p": self.top_p,
                 "seed": self.seed, "stop": self.stop}
+
+
+# The share of free GPU memory (after the weights load) the budget engine's KV cache may take: the rest
+# covers DynamicCache's torch.cat growth (old and new cache alive at once), prefill activations and logits.
+KV_FREE_SHARE = 0.4
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """KV-cache bytes one token holds: K and V for every layer and KV head, 2 * L * n_kv * head_dim * bytes."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads  # MHA configs may leave it unset
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def token_budget(batch_tokens: int, bytes_per_token: int, kv_cache_bytes: Optional[float]) -> int:
+    """Tokens per batch: `batch_tokens`, capped by the KV bytes available (None: no cap)."""
+    if kv_cache_bytes is None:
+        return batch_tokens
+    return max(1, min(batch_tokens, int(kv_cache_bytes // bytes_per_token)))
+
+
+def replica_gpus(gpus: int, cuda_count: int, local_rank: int = 0, world: int = 1) -> list[int]:
+    """The CUDA indices one replica uses: launcher rank r of a node owns [r*gpus, (r+1)*gpus); a lone
+    process (or a Ray actor, which sees only its own GPUs) takes the first `gpus`."""
+    from safeft.errors import SafeftError
+
+    first = local_rank * gpus if world > 1 else 0
+    if first + gpus > cuda_count:
+        where = f"launcher local rank {local_rank} of {world}" if world > 1 else "this process"
+        raise SafeftError(f"config key 'eval.gpus_per_replica': {where} needs GPUs {first}..{first + gpus - 1} "
+                          f"but {cuda_count} are visible; start one rank per {gpus} GPUs or lower it")
+    return list(range(first, first + gpus))
+
+
+def _placement(settings: "GenSettings") -> tuple[Any, list[int], dict]:
+    """(first device, this replica's GPU indices, from_pretrained kwargs) for the settings and environment."""
+    import torch
+
+    if not (torch.cuda.is_available() and settings.device in ("auto", "cuda")):
+        return torch.device("cpu"), [], {"dtype": torch.float32}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    gpus = replica_gpus(settings.gpus, torch.cuda.device_count(), local_rank, world)
+    kwargs: dict = {"dtype": torch.bfloat16}
+    if len(gpus) > 1:  # one replica over its own GPUs only; other ranks' GPUs get nothing
+        kwargs.update(device_map="auto", max_memory={i: torch.cuda.mem_get_info(i)[0] for i in gpus})
+    else:
+        torch.cuda.set_device(gpus[0])
+    return torch.device("cuda", gpus[0]), gpus, kwargs
 
 
 def budget_batches(lengths: list[int], max_new: int, batch_tokens: int, max_batch: int) -> list[list[int]]:
@@ -94,20 +155,15 @@ class Engine:
 
     def __init__(self, model_path: Optional[str], settings: GenSettings, model: Any = None, tokenizer: Any = None):
         """Load `model_path`, or wrap an already loaded `model` and `tokenizer` (benchmarks)."""
-        import torch
         from transformers import AutoModelForCausalLM
 
         from safeft.model import load_tokenizer
 
         self.settings = settings
-        cuda = torch.cuda.is_available() and settings.device in ("auto", "cuda")
-        self.device = torch.device("cuda" if cuda else "cpu")
-        kwargs: dict = {"dtype": torch.bfloat16 if cuda else torch.float32,
-                        "trust_remote_code": settings.trust_remote_code}
-        if cuda and settings.gpus > 1:
-            kwargs["device_map"] = "auto"  # one replica spanning the GPUs Ray (or the user) gave it
+        self.device, self.gpus, kwargs = _placement(settings) if model is None else (None, [], {})
         self.tokenizer = tokenizer or load_tokenizer(model_path, settings.trust_remote_code)
-        self.model = (model or AutoModelForCausalLM.from_pretrained(model_path, **kwargs)).eval()
+        self.model = (model or AutoModelForCausalLM.from_pretrained(
+            model_path, trust_remote_code=settings.trust_remote_code, **kwargs)).eval()
         if "device_map" not in kwargs and model is None:
             self.model.to(self.device)
         self.device = next(self.model.parameters()).device
@@ -115,16 +171,35 @@ class Engine:
         self.end_ids = end_ids(self.model, self.tokenizer)  # generation stops at any of them
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         self.engine = self._pick_engine(settings.engine)
+        self.batch_tokens = self._token_budget()
+
+    def _token_budget(self) -> int:
+        """`batch_tokens` capped by the KV bytes this replica may use (logged: it decides the batch sizes)."""
+        import torch
+
+        s, dtype = self.settings, next(self.model.parameters()).dtype
+        per_token = kv_bytes_per_token(self.model.config, torch.finfo(dtype).bits // 8)
+        cap = None if s.kv_cache_gb is None else s.kv_cache_gb * 2 ** 30
+        if cap is None and self.device.type == "cuda":
+            gpus = self.gpus or [self.device.index or 0]
+            cap = KV_FREE_SHARE * sum(torch.cuda.mem_get_info(i)[0] for i in gpus)
+        budget = token_budget(s.batch_tokens, per_token, cap)
+        log.info("eval engine %s on %s: KV %d bytes/token, budget %d tokens per batch%s", self.engine,
+                 self.device, per_token, budget, "" if cap is None else f" ({cap / 2 ** 30:.1f} GiB of KV)")
+        return budget
 
     def _pick_engine(self, wanted: str) -> str:
+        from safeft.errors import ConfigError
+
         has_cb = callable(getattr(self.model, "generate_batch", None))
         if wanted == "continuous" and not has_cb:
-            from safeft.errors import ConfigError
-
             raise ConfigError("config key 'eval.engine': 'continuous' needs transformers with model.generate_batch; "
                               "use 'budget' or 'auto'")
+        if wanted == "continuous" and len(self.gpus) > 1:  # the paged cache is one tensor on one device
+            raise ConfigError("config key 'eval.engine': 'continuous' serves one GPU per replica; "
+                              "use 'budget' or 'auto' with eval.gpus_per_replica > 1")
         if wanted == "auto":
-            return "continuous" if has_cb and self.device.type == "cuda" else "budget"
+            return "continuous" if has_cb and self.device.type == "cuda" and len(self.gpus) <= 1 else "budget"
         return wanted
 
     # -- generation --------------------------------------------------------------------------------
@@ -140,7 +215,7 @@ class Engine:
             return self._generate_continuous(prompts, max_new, on_batch)
         out: list[Optional[dict]] = [None] * len(prompts)
         s = self.settings
-        for batch in budget_batches([len(p) for p in prompts], max_new, s.batch_tokens, s.max_batch_size):
+        for batch in budget_batches([len(p) for p in prompts], max_new, self.batch_tokens, s.max_batch_size):
             results = self._generate_padded([prompts[i] for i in batch], max_new)
             for i, r in zip(batch, results):
                 out[i] = r
@@ -210,7 +285,7 @@ class Engine:
 
         out: list[Optional[dict]] = [None] * len(prompts)
         s = self.settings
-        for batch in budget_batches([len(p) for p in prompts], 1, s.batch_tokens, s.max_batch_size):
+        for batch in budget_batches([len(p) for p in prompts], 1, self.batch_tokens, s.max_batch_size):
             width = max(len(prompts[i]) for i in batch)
             ids = torch.full((len(batch), width), self.pad, dtype=torch.long)  # [B, L]
             mask = torch.zeros_like(ids)  # [B, L]

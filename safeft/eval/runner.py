@@ -135,7 +135,8 @@ def _evaluate_model(cfg, model, tag, tasks, task_cfgs, settings, out):
             jobs.append(Job(job_dir, prompts, "generate", task.max_new_tokens, fingerprint=fp))
             meta.append((task, tc, name, template, [p for _, p in built]))
     ev = cfg.eval
-    stats = run_jobs(model, settings, jobs, ev.backend, ev.replicas, ev.gpus_per_replica, cfg.ray.address)
+    stats = run_jobs(model, settings, jobs, ev.backend, ev.replicas, ev.gpus_per_replica, cfg.ray.address,
+                     use_gpu=cfg.ray.use_gpu)
     merged = [merge(j) for j in jobs]
     judged = _classifier_judges(cfg, settings, jobs, meta, merged)
     provenance = {"path": model, "safeft_run": info, "templates": templates, "template_source": source,
@@ -167,7 +168,7 @@ def _classifier_judges(cfg, settings, jobs, meta, merged) -> list[list[tuple[str
             judge_jobs.append(Job(os.path.join(jobs[i].dir, f"judge-{kind}"), ids, "next_token",
                                   token_ids=token_ids, fingerprint=fp))
         run_jobs(cfg.eval.judge_model, settings, judge_jobs, cfg.eval.backend, cfg.eval.replicas,
-                 cfg.eval.gpus_per_replica, cfg.ray.address)
+                 cfg.eval.gpus_per_replica, cfg.ray.address, use_gpu=cfg.ray.use_gpu)
         for i, jj in zip(safety, judge_jobs):
             items, metrics = J.classifier_scores(kind, [line["probs"] for line in merge(jj)])
             out[i].append((f"{kind}:{cfg.eval.judge_model}", items, metrics))

@@ -135,15 +135,22 @@ class ReplicaActor:
         return run_replica(model_path, settings, jobs, rank, world, fault)
 
 
+def actor_options(gpus_per_replica: int, cluster_gpus: float) -> dict:
+    """Ray options for one replica actor: its GPUs are reserved in Ray's accounting whenever the cluster has any."""
+    if cluster_gpus and gpus_per_replica > cluster_gpus:
+        raise SafeftError(f"config key 'eval.gpus_per_replica': {gpus_per_replica} GPUs per replica, but the Ray "
+                          f"cluster has {cluster_gpus:g}")
+    return {"num_cpus": 1, "num_gpus": gpus_per_replica if cluster_gpus else 0, "max_restarts": 0}
+
+
 def run_ray(model_path: str, settings, jobs: list[Job], replicas: int, gpus_per_replica: int,
             address: Optional[str] = None) -> list[dict]:
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    use_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    actor_cls = ray.remote(ReplicaActor).options(num_cpus=1, num_gpus=gpus_per_replica if use_gpus else 0,
-                                                 max_restarts=0)
+    options = actor_options(gpus_per_replica, ray.cluster_resources().get("GPU", 0))
+    actor_cls = ray.remote(ReplicaActor).options(**options)
     actors = [actor_cls.remote() for _ in range(replicas)]
     jobs_ref = ray.put(jobs)
     try:
@@ -175,13 +182,35 @@ def wait_complete(jobs: list[Job], timeout_s: float = RANK_WAIT_S, poll_s: float
         time.sleep(poll_s)
 
 
+def _ray_cluster_gpus() -> float:
+    """GPUs of the Ray cluster this process is already connected to (a sweep task, a job driver); 0 if none."""
+    try:
+        import ray
+    except ImportError:
+        return 0
+    return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+
+
+def dispatch(backend: str, replicas: int, world: int, use_gpu: bool, cluster_gpus: float) -> str:
+    """ray | ranks | local. A run that uses GPUs evaluates in Ray actors even with one replica, so the
+    replica's GPUs are reserved in Ray's accounting rather than shared with training beside it."""
+    if backend == "ray":
+        return "ray"
+    if world > 1:
+        return "ranks"
+    if backend == "auto" and (replicas > 1 or use_gpu or cluster_gpus > 0):
+        return "ray"
+    return "local"
+
+
 def run_jobs(model_path: str, settings, jobs: list[Job], backend: str, replicas: int,
-             gpus_per_replica: int = 1, address: Optional[str] = None) -> dict:
+             gpus_per_replica: int = 1, address: Optional[str] = None, use_gpu: bool = False) -> dict:
     """Dispatch to Ray actors, launcher ranks or one local process; all replicas' jobs end complete."""
     rank, world = launcher_rank()
-    if backend == "ray" or (backend == "auto" and replicas > 1 and world == 1):
+    where = dispatch(backend, replicas, world, use_gpu, _ray_cluster_gpus() if backend == "auto" else 0)
+    if where == "ray":
         stats = run_ray(model_path, settings, jobs, replicas, gpus_per_replica, address)
-    elif world > 1:
+    elif where == "ranks":
         stats = [run_replica(model_path, settings, jobs, rank, world, FAULT_INJECTION)]
         wait_complete(jobs)
     else:
