@@ -139,6 +139,9 @@ class EvalTaskConfig:
     question_field: Optional[str] = None
     reference_field: Optional[str] = None
     prefill_tokens: int = 3  # prefill task: harmful-answer tokens placed after the prompt
+    # System prompt of `chat-template` test templates for this task (a name or literal text); default
+    # template.test_system. LookAhead's protocol tests utility and safety under different system prompts.
+    system: Optional[str] = None
 
 
 @dataclass

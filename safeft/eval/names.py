@@ -26,7 +26,8 @@ JUDGE_PROMPT_NAMES = ("qi", "lookahead", "safeft")  # the http judge's rubric (s
 SAFETY_METRIC = "refusal_asr"
 
 # Where a task finds its data when `path` is not set: a hub dataset, else a file of the shared data folder
-# (safeft/data/shared.py). gsm8k tries the shared copy first only when offline (see tasks._gsm8k).
+# (safeft/data/shared.py). A shared copy, when present, is used first: GSM8K test and SAMSum test are the
+# same splits as the hub's, and evaluation then needs no network.
 DEFAULT_PATHS = {
     "gsm8k": "openai/gsm8k",
     "samsum": "Samsung/samsum",
@@ -35,6 +36,7 @@ DEFAULT_PATHS = {
 }
 SHARED_FILES = {
     "gsm8k": ("gsm8k", "test.jsonl"),
+    "samsum": ("samsum", "test.json"),
     "advbench": ("advbench", "harmful_behaviors.csv"),
     "hexphi": ("hexphi", "HEx-PHI.jsonl"),
     "prefill": ("hexphi", "Harmful-HEx-PHI.jsonl"),

@@ -126,7 +126,8 @@ def _evaluate_model(cfg, model, tag, tasks, task_cfgs, settings, out):
     for task, tc in zip(tasks, task_cfgs):
         for name in templates:
             chat = canonical_name(name).startswith("chat-template")
-            template = get_template(name, tokenizer=tok, system=cfg.template.test_system if chat else None)
+            system = (tc.system if tc.system is not None else cfg.template.test_system) if chat else None
+            template = get_template(name, tokenizer=tok, system=system)
             built = [build_prompt_ids(template, tok, it, tc.prefill_tokens) for it in task.items]
             prompts = [ids for ids, _ in built]
             fp = fingerprint(os.path.abspath(model), _model_stamp(model), settings.public(), task.max_new_tokens, prompts)
@@ -215,7 +216,8 @@ def _score_and_write(cfg, model, tag, info, job, task: Task, name, template, pre
     pred_path = job.dir + ".jsonl"
     write_text(pred_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return {"model": model, "model_tag": tag, "task": task.name, "kind": task.kind, "template": name,
-            "train_template": _train_template(info), "n": len(records), "metrics": metrics,
+            "train_template": _train_template(info), "system": getattr(template, "system", None),
+            "n": len(records), "metrics": metrics,
             "predictions": os.path.relpath(pred_path, out)}
 
 
