@@ -267,7 +267,7 @@ def _known_template(name: str) -> bool:
     return is_template_name(name)
 
 
-def _task_problems(tc: "EvalTaskConfig") -> list[tuple[str, str]]:
+def _task_problems(tc: "EvalTaskConfig", check_data: bool = True) -> list[tuple[str, str]]:
     """(key, why) for a task that would fail at evaluation: unknown name, no data, a local path that is missing."""
     from safeft.data.shared import shared_file
     from safeft.eval.names import ALL_TASKS, DEFAULT_PATHS, NEEDS_PATH, SHARED_FILES
@@ -275,16 +275,16 @@ def _task_problems(tc: "EvalTaskConfig") -> list[tuple[str, str]]:
     if tc.name not in ALL_TASKS:
         return [("name", f"unknown task {tc.name!r}; known: {', '.join(ALL_TASKS)}")]
     out = []
-    if tc.path:
-        local = tc.path.startswith((".", "/", "~")) or os.path.splitext(tc.path)[1] in (
-            ".jsonl", ".json", ".csv", ".parquet", ".arrow")
-        if local and not os.path.exists(os.path.expanduser(tc.path)):
-            out.append(("path", f"{tc.path!r} does not exist"))
-    elif tc.name in NEEDS_PATH and tc.name not in DEFAULT_PATHS:
-        shared = SHARED_FILES.get(tc.name)
-        if not (shared and shared_file(*shared)):
-            where = f" (or put it in the shared data folder as {'/'.join(shared)})" if shared else ""
-            out.append(("path", f"task {tc.name!r} needs a dataset path{where}"))
+    shared = SHARED_FILES.get(tc.name)
+    local = bool(tc.path) and (tc.path.startswith((".", "/", "~")) or os.path.splitext(tc.path)[1] in (
+        ".jsonl", ".json", ".csv", ".parquet", ".arrow"))
+    if not tc.path and tc.name in NEEDS_PATH and not shared and tc.name not in DEFAULT_PATHS:
+        out.append(("path", f"task {tc.name!r} needs a dataset path"))  # no default exists anywhere
+    elif check_data and local and not os.path.exists(os.path.expanduser(tc.path)):
+        out.append(("path", f"{tc.path!r} does not exist"))
+    elif check_data and not tc.path and tc.name in NEEDS_PATH and shared and not shared_file(*shared):
+        out.append(("path", f"task {tc.name!r} needs a dataset path (or put it in the shared data folder as "
+                            f"{'/'.join(shared)})"))
     check_limit = tc.limit is None or tc.limit > 0
     if not check_limit:
         out.append(("limit", f"{tc.limit}: expected a positive number of items"))
@@ -308,8 +308,9 @@ def _judge_problems(ev: "EvalConfig") -> list[str]:
     return out
 
 
-def validate(cfg: Config) -> Config:
-    """Check cross-field rules; raise one ConfigError listing every problem with its key."""
+def validate(cfg: Config, check_data: bool = True) -> Config:
+    """Check cross-field rules; raise one ConfigError listing every problem with its key. `check_data`: also
+    refuse evaluation data that is missing here (a local file, a shared-data default such as HEx-PHI)."""
     problems: list[str] = []
 
     def check(ok: bool, key: str, msg: str) -> None:
@@ -358,7 +359,7 @@ def validate(cfg: Config) -> Config:
 
     problems += _judge_problems(ev)
     for i, task in enumerate(ev.tasks):
-        problems += [f"config key 'eval.tasks[{i}].{key}': {msg}" for key, msg in _task_problems(task)]
+        problems += [f"config key 'eval.tasks[{i}].{key}': {msg}" for key, msg in _task_problems(task, check_data)]
     for metric, bound in ev.gates.items():
         for problem in gate_problems(metric, bound, [task.name for task in ev.tasks]):
             problems.append(f"config key 'eval.gates.{metric}': {problem}")
@@ -390,19 +391,20 @@ def _load_with_bases(path: str, seen: tuple = ()) -> dict:
     return _merge(merged, data)
 
 
-def config_from_dict(data: dict, overrides: list[str] | None = None, name: str | None = None) -> Config:
+def config_from_dict(data: dict, overrides: list[str] | None = None, name: str | None = None,
+                     check_data: bool = True) -> Config:
     data = apply_overrides(copy.deepcopy(data), overrides or [])
     cfg = from_dict(Config, data)
     if cfg.output.name is None and name:
         cfg.output.name = name
-    return validate(cfg)
+    return validate(cfg, check_data)
 
 
-def load_config(path: str, overrides: list[str] | None = None) -> Config:
+def load_config(path: str, overrides: list[str] | None = None, check_data: bool = True) -> Config:
     """Read, merge bases, apply `--set` overrides, convert and validate."""
     data = _load_with_bases(path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return config_from_dict(data, overrides, name=stem)
+    return config_from_dict(data, overrides, name=stem, check_data=check_data)
 
 
 def save_config(cfg: Config, path: str) -> None:
