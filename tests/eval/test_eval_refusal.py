@@ -108,6 +108,9 @@ def test_judge_agreement_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| advbench__chat_llama.jsonl | 3 | 1 | refusal:rules-v2 (rule) | 0.667 | 0.667 | 1.000 | 1.000 |" in out
     assert "keyword:gcg (keyword)" in out and "llama-guard (stored)" in out
+    assert main(["score", "--task", "refusal", "--input", str(pred)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["judge"] == "refusal:rules-v2" and scored["metrics"]["refusal_asr"] == pytest.approx(1 / 3)
     pred.write_text(json.dumps({"completion": "x", "label": "perhaps"}) + "\n")
     assert main(["judge-agreement", str(pred), "--label-column", "label"]) == 2
     assert "line 1: label 'perhaps'" in capsys.readouterr().err
