@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "safeft.commands.config",
     "safeft.commands.render",
     "safeft.commands.eval",
+    "safeft.commands.agreement",
     "safeft.commands.data",
     "safeft.commands.sweep",
     "safeft.commands.train",

@@ -26,6 +26,7 @@ from safeft.configtools import (
     to_yaml,
 )
 from safeft.errors import ConfigError
+from safeft.eval.names import DEFAULT_JUDGES
 
 LOOKAHEAD_MODES = ("none", "real", "virtual")
 
@@ -136,7 +137,7 @@ class TrainConfig:
 
 @dataclass
 class EvalTaskConfig:
-    name: str = "gsm8k"  # gsm8k | samsum | generic | advbench | instructions | directharm4 | gsm-danger | prefill
+    name: str = "gsm8k"  # see safeft/eval/names.py ALL_TASKS (gsm8k, advbench, hexphi, prefill, xstest, ...)
     path: Optional[str] = None  # local file or hub name; defaults per task; gsm8k: "synthetic" = generated
     split: Optional[str] = None
     limit: Optional[int] = None
@@ -144,6 +145,9 @@ class EvalTaskConfig:
     question_field: Optional[str] = None
     reference_field: Optional[str] = None
     prefill_tokens: int = 3  # prefill task: harmful-answer tokens placed after the prompt
+    # System prompt of `chat-template` test templates for this task (a name or literal text); default
+    # template.test_system. LookAhead's protocol tests utility and safety under different system prompts.
+    system: Optional[str] = None
 
 
 @dataclass
@@ -163,14 +167,15 @@ class EvalConfig:
     top_p: float = 1.0
     seed: int = 0
     stop: list[str] = field(default_factory=list)
-    keyword_list: Literal["gcg", "qi"] = "gcg"
-    judges: list[str] = field(default_factory=lambda: ["keyword"])  # keyword | llama-guard | harmbench | http
+    keyword_list: Literal["gcg", "qi", "lookahead"] = "gcg"  # the `keyword` judge's list (safeft.eval.refusal)
+    judges: list[str] = field(default_factory=lambda: list(DEFAULT_JUDGES))  # refusal | keyword | llama-guard | harmbench | http
+    judge_prompt: Literal["qi", "lookahead", "safeft"] = "qi"  # the http judge's rubric (safeft.eval.judge_prompts)
     judge_model: Optional[str] = None
     judge_url: Optional[str] = None
     judge_api_model: Optional[str] = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_concurrency: int = 4
-    gates: dict[str, str] = field(default_factory=dict)  # e.g. {"advbench.keyword_asr": "<= 0.05"}
+    gates: dict[str, str] = field(default_factory=dict)  # e.g. {"advbench.refusal_asr": "<= 0.05"}
     output_dir: Optional[str] = None
 
 
@@ -269,8 +274,50 @@ def _known_template(name: str) -> bool:
     return is_template_name(name)
 
 
-def validate(cfg: Config) -> Config:
-    """Check cross-field rules; raise one ConfigError listing every problem with its key."""
+def _task_problems(tc: "EvalTaskConfig", check_data: bool = True) -> list[tuple[str, str]]:
+    """(key, why) for a task that would fail at evaluation: unknown name, no data, a local path that is missing."""
+    from safeft.data.shared import shared_file
+    from safeft.eval.names import ALL_TASKS, DEFAULT_PATHS, NEEDS_PATH, SHARED_FILES
+
+    if tc.name not in ALL_TASKS:
+        return [("name", f"unknown task {tc.name!r}; known: {', '.join(ALL_TASKS)}")]
+    out = []
+    shared = SHARED_FILES.get(tc.name)
+    local = bool(tc.path) and (tc.path.startswith((".", "/", "~")) or os.path.splitext(tc.path)[1] in (
+        ".jsonl", ".json", ".csv", ".parquet", ".arrow"))
+    if not tc.path and tc.name in NEEDS_PATH and not shared and tc.name not in DEFAULT_PATHS:
+        out.append(("path", f"task {tc.name!r} needs a dataset path"))  # no default exists anywhere
+    elif check_data and local and not os.path.exists(os.path.expanduser(tc.path)):
+        out.append(("path", f"{tc.path!r} does not exist"))
+    elif check_data and not tc.path and tc.name in NEEDS_PATH and shared and not shared_file(*shared):
+        out.append(("path", f"task {tc.name!r} needs a dataset path (or put it in the shared data folder as "
+                            f"{'/'.join(shared)})"))
+    check_limit = tc.limit is None or tc.limit > 0
+    if not check_limit:
+        out.append(("limit", f"{tc.limit}: expected a positive number of items"))
+    if tc.max_new_tokens is not None and tc.max_new_tokens < 1:
+        out.append(("max_new_tokens", f"{tc.max_new_tokens}: expected >= 1"))
+    return out
+
+
+def _judge_problems(ev: "EvalConfig") -> list[str]:
+    """Judges that would fail at evaluation time (after training, under a sweep): unknown names, a classifier
+    judge without its model, an http judge without a server."""
+    from safeft.eval.names import CLASSIFIER_JUDGES, KNOWN_JUDGES
+
+    out = [f"config key 'eval.judges': unknown judge {j!r}; known: {', '.join(KNOWN_JUDGES)}"
+           for j in ev.judges if j not in KNOWN_JUDGES]
+    classifiers = [j for j in ev.judges if j in CLASSIFIER_JUDGES]
+    if classifiers and not ev.judge_model:
+        out.append(f"config key 'eval.judge_model': judges {', '.join(classifiers)} need a judge model (path or hub name)")
+    if "http" in ev.judges and not ev.judge_url:
+        out.append("config key 'eval.judge_url': the 'http' judge needs a server URL (http://HOST:PORT)")
+    return out
+
+
+def validate(cfg: Config, check_data: bool = True) -> Config:
+    """Check cross-field rules; raise one ConfigError listing every problem with its key. `check_data`: also
+    refuse evaluation data that is missing here (a local file, a shared-data default such as HEx-PHI)."""
     problems: list[str] = []
 
     def check(ok: bool, key: str, msg: str) -> None:
@@ -323,11 +370,10 @@ def validate(cfg: Config) -> Config:
     check(not (ev.engine == "continuous" and ev.gpus_per_replica > 1), "eval.engine",
           "'continuous' keeps its paged KV cache on one GPU; use 'budget' or 'auto' with eval.gpus_per_replica > 1")
     from safeft.eval.gates import gate_problems
-    from safeft.eval.tasks import SAFETY, UTILITY
 
+    problems += _judge_problems(ev)
     for i, task in enumerate(ev.tasks):
-        check(task.name in UTILITY + SAFETY, f"eval.tasks[{i}].name",
-              f"unknown task {task.name!r}; known: {', '.join(UTILITY + SAFETY)}")
+        problems += [f"config key 'eval.tasks[{i}].{key}': {msg}" for key, msg in _task_problems(task, check_data)]
     for metric, bound in ev.gates.items():
         for problem in gate_problems(metric, bound, [task.name for task in ev.tasks]):
             problems.append(f"config key 'eval.gates.{metric}': {problem}")
@@ -359,19 +405,20 @@ def _load_with_bases(path: str, seen: tuple = ()) -> dict:
     return _merge(merged, data)
 
 
-def config_from_dict(data: dict, overrides: list[str] | None = None, name: str | None = None) -> Config:
+def config_from_dict(data: dict, overrides: list[str] | None = None, name: str | None = None,
+                     check_data: bool = True) -> Config:
     data = apply_overrides(copy.deepcopy(data), overrides or [])
     cfg = from_dict(Config, data)
     if cfg.output.name is None and name:
         cfg.output.name = name
-    return validate(cfg)
+    return validate(cfg, check_data)
 
 
-def load_config(path: str, overrides: list[str] | None = None) -> Config:
+def load_config(path: str, overrides: list[str] | None = None, check_data: bool = True) -> Config:
     """Read, merge bases, apply `--set` overrides, convert and validate."""
     data = _load_with_bases(path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return config_from_dict(data, overrides, name=stem)
+    return config_from_dict(data, overrides, name=stem, check_data=check_data)
 
 
 def save_config(cfg: Config, path: str) -> None:

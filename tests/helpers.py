@@ -13,6 +13,8 @@ GSM8K_TRAIN = SHARED_DATA / "gsm8k" / "train.jsonl"
 GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
 SAMSUM_TEST = SHARED_DATA / "samsum" / "test.json"
 ADVBENCH = SHARED_DATA / "advbench" / "harmful_behaviors.csv"
+XSTEST_PROMPTS = SHARED_DATA / "xstest" / "xstest_prompts.csv"
+XSTEST_COMPLETIONS = [SHARED_DATA / "xstest" / f"completions_{m}.csv" for m in ("llama2orig", "mistralinstruct")]
 
 
 def have_shared_data() -> bool:

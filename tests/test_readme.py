@@ -50,7 +50,8 @@ def test_safeft_command_lines_parse(line):
     if config and config.startswith("configs/"):
         from safeft.config import load_config
 
-        load_config(str(REPO / config), getattr(args, "overrides", []))
+        # structure only: the README's configs name data this machine may lack (HEx-PHI for LookAhead)
+        load_config(str(REPO / config), getattr(args, "overrides", []), check_data=False)
 
 
 def test_yaml_snippets_validate():

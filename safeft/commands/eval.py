@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-SCORE_TASKS = ("gsm8k", "samsum", "generic", "keyword")
+SCORE_TASKS = ("gsm8k", "samsum", "generic", "refusal", "keyword")
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
     s.add_argument("--task", required=True, choices=SCORE_TASKS)
     s.add_argument("--input", required=True, metavar="PRED.jsonl",
                    help="JSONL with 'completion' (and 'reference' for utility tasks) per line")
-    s.add_argument("--keyword-list", default="gcg", choices=("gcg", "qi"))
+    s.add_argument("--keyword-list", default="gcg", choices=("gcg", "qi", "lookahead"))
     s.set_defaults(func=_score)
 
     r = sub.add_parser("report", help="markdown table and plots from evaluated runs")
@@ -44,7 +44,22 @@ def _eval(args) -> int:
         return EXIT_CODE
     if "metrics" in summary:
         print(json.dumps(summary["metrics"], indent=2))
+        for line in over_refusal_lines(summary.get("rows", [])):
+            print(line)
     return 0
+
+
+def over_refusal_lines(rows: list[dict]) -> list[str]:
+    """One line per (model, test template) of an XSTest task: over-refusal on safe prompts, refusal on unsafe."""
+    out = []
+    for r in rows:
+        m = r.get("metrics", {})
+        if r.get("kind") == "refusal" and "over_refusal_rate" in m:
+            unsafe = m.get("unsafe_refusal_rate", {}).get("value", float("nan"))
+            out.append(f"{r['task']} {r['model_tag']} [{r['template']}]: over-refusal {m['over_refusal_rate']['value']:.3f} "
+                       f"on safe prompts, refusal {unsafe:.3f} on unsafe prompts (n={r['n']}, judge "
+                       f"{m['over_refusal_rate']['judge']}: a rule-based proxy)")
+    return out
 
 
 def read_predictions(path: str, need_reference: bool) -> tuple[list[str], list[str]]:
@@ -66,12 +81,14 @@ def read_predictions(path: str, need_reference: bool) -> tuple[list[str], list[s
 
 
 def _score(args) -> int:
-    from safeft.eval.judges import keyword_judge
+    from safeft.eval.judges import keyword_judge, refusal_judge
     from safeft.eval.scoring import UTILITY_SCORERS
 
-    completions, references = read_predictions(args.input, need_reference=args.task != "keyword")
+    completions, references = read_predictions(args.input, need_reference=args.task not in ("keyword", "refusal"))
     if args.task == "keyword":
         judge, _, metrics = keyword_judge(completions, args.keyword_list)
+    elif args.task == "refusal":
+        judge, _, metrics = refusal_judge(completions)
     else:
         judge, (_, metrics) = f"reference:{args.task}", UTILITY_SCORERS[args.task](completions, references)
     print(json.dumps({"task": args.task, "judge": judge, "n": len(completions), "metrics": metrics}, indent=2))

@@ -1,4 +1,4 @@
-"""Release gates on evaluation metrics: `eval.gates: {"advbench.keyword_asr": "<= 0.05"}`.
+"""Release gates on evaluation metrics: `eval.gates: {"advbench.refusal_asr": "<= 0.05"}`.
 
 A gate applies to every (model, test template) row of its task; one breach fails the evaluation.
 `safeft eval` exits with code 3 on a breach (GateError), 2 on other user errors.
@@ -10,6 +10,7 @@ import operator
 import re
 
 from safeft.errors import SafeftError
+from safeft.eval.names import SAFETY_METRIC
 
 OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 BOUND = re.compile(r"\s*(<=|>=|<|>|==)\s*(-?(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)\s*")
@@ -20,7 +21,8 @@ class GateError(SafeftError):
     """At least one gate was breached; the message names metric, value and bound."""
 
 
-SAFETY_SUFFIXES = ("_asr", "_safe_rate", "_mean_p")  # one per judge: keyword_asr, llama_guard_asr, ...
+# One per judge (refusal_asr, keyword_asr, llama_guard_asr, ...) and XSTest's over_refusal_rate / unsafe_refusal_rate.
+SAFETY_SUFFIXES = ("_asr", "_safe_rate", "_mean_p", "_refusal_rate")
 
 
 def gate_problems(metric: str, bound: str, task_names: list[str]) -> list[str]:
@@ -31,13 +33,13 @@ def gate_problems(metric: str, bound: str, task_names: list[str]) -> list[str]:
     problems = [] if BOUND.fullmatch(bound) else [f"{bound!r}: expected a comparison such as '<= 0.05'"]
     task, _, name = metric.partition(".")
     if not name:
-        problems.append("expected '<task>.<metric>', e.g. 'advbench.keyword_asr'")
+        problems.append(f"expected '<task>.<metric>', e.g. 'advbench.{SAFETY_METRIC}'")
     elif task_names and task not in task_names:
         problems.append(f"no task {task!r} in eval.tasks (tasks: {', '.join(task_names)})")
     elif task in UTILITY_METRICS and name not in UTILITY_METRICS[task]:
         problems.append(f"task {task!r} reports {', '.join(UTILITY_METRICS[task])}, not {name!r}")
     elif task not in UTILITY_METRICS and "/" not in name and not name.endswith(SAFETY_SUFFIXES):
-        problems.append(f"safety metrics end in {', '.join(SAFETY_SUFFIXES)} (e.g. {task}.keyword_asr), not {name!r}")
+        problems.append(f"safety metrics end in {', '.join(SAFETY_SUFFIXES)} (e.g. {task}.{SAFETY_METRIC}), not {name!r}")
     return problems
 
 

@@ -1,4 +1,5 @@
-"""`safeft report RUN_DIRS...`: a markdown table, PTST heatmaps (train x test template) and a safety/utility scatter.
+"""`safeft report RUN_DIRS...`: a markdown table, PTST heatmaps (train x test template), a safety/utility scatter
+and the two-sided view (harmful-answer rate, over-refusal rate, utility per train x test template).
 
 Reads each run's `eval/summary.json` (or a directory that holds summary.json directly).
 """
@@ -13,6 +14,7 @@ from safeft.errors import SafeftError
 from safeft.io import read_json, write_text
 
 UTILITY_KEYS = ("exact_match_strict", "rouge1", "exact_match", "exact_match_flexible", "contains")
+REFUSAL_KEYS = ("over_refusal_rate", "unsafe_refusal_rate")  # XSTest: lower / higher is better
 
 
 def load_rows(run_dirs: list[str]) -> list[dict]:
@@ -34,7 +36,12 @@ def _columns(rows: list[dict]) -> list[str]:
     cols = []
     for r in rows:
         for m in r["metrics"]:
-            keep = m in UTILITY_KEYS[:3] if r["kind"] == "utility" else (m.endswith("_asr") and "/" not in m)
+            if r["kind"] == "utility":
+                keep = m in UTILITY_KEYS[:3]
+            elif r["kind"] == "refusal":
+                keep = m in REFUSAL_KEYS
+            else:
+                keep = m.endswith("_asr") and "/" not in m
             col = f"{r['task']}.{m}"
             if keep and col not in cols:
                 cols.append(col)
@@ -68,7 +75,11 @@ def _fmt(v) -> str:
 
 
 def _is_rate(col: str) -> bool:
-    return col.endswith("_asr") or ".exact_match" in col or col.endswith("contains")
+    return col.endswith(("_asr", "_refusal_rate", "contains")) or ".exact_match" in col
+
+
+def _lower_is_better(col: str) -> bool:
+    return col.endswith(("_asr", ".over_refusal_rate"))
 
 
 def _variant(run: str) -> str:
@@ -119,7 +130,7 @@ def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
         fig, ax = plt.subplots(figsize=(1.6 * len(tests) + 0.09 * max(map(len, row_names)) + 2.5,
                                         0.6 * len(row_names) + 2))
         rate = _is_rate(col)
-        im = ax.imshow(mat, cmap="viridis_r" if col.endswith("_asr") else "viridis", aspect="auto",
+        im = ax.imshow(mat, cmap="viridis_r" if _lower_is_better(col) else "viridis", aspect="auto",
                        vmin=0 if rate else None, vmax=1 if rate else None)
         ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right")
         ax.set_yticks(range(len(row_names)), row_names)
@@ -146,7 +157,7 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
     import matplotlib.pyplot as plt
 
     cols = _columns(rows)
-    util = next((c for c in cols if not c.endswith("_asr")), None)
+    util = next((c for c in cols if not c.endswith(("_asr", "_refusal_rate"))), None)
     asr = next((c for c in cols if c.endswith("_asr")), None)
     if not util or not asr:
         return None
@@ -179,6 +190,65 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
     return path
 
 
+def two_sided(rows: list[dict]) -> tuple[list[str], list[tuple[str, list]]]:
+    """The three sides of one (run, model, train template, test template) cell, seeds kept apart:
+    harmful-answer rate (the first safety ASR column; the rule judge's when present), over-refusal rate
+    (XSTest safe prompts) and utility (the first utility column)."""
+    cols = _columns(rows)
+    asrs = [c for c in cols if c.endswith("_asr")]
+    harmful = next((c for c in asrs if c.endswith(".refusal_asr")), asrs[0] if asrs else None)
+    over = next((c for c in cols if c.endswith(".over_refusal_rate")), None)
+    util = next((c for c in cols if not c.endswith(("_asr", "_refusal_rate"))), None)
+    picked = [harmful, over, util]
+    out = []
+    for key, vals in sorted(grid(rows).items()):
+        out.append((" / ".join(key), [vals.get(c) if c else None for c in picked]))
+    return [c or "" for c in picked], out
+
+
+def two_sided_table(rows: list[dict]) -> str:
+    (harmful, over, util), cells = two_sided(rows)
+    judges = {f"{r['task']}.{m}": v["judge"] for r in rows for m, v in r["metrics"].items()}
+    head = ["run / model / train template / test template", f"harmful rate ({harmful or 'n/a'})",
+            f"over-refusal ({over or 'n/a: add an xstest task'})", f"utility ({util or 'n/a'})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([name] + [_fmt(v) for v in values]) + " |" for name, values in cells]
+    notes = [f"- `{c}`: judge `{judges[c]}`" for c in (harmful, over, util) if c in judges]
+    return ("Two-sided view: lower harmful rate and lower over-refusal are better, higher utility is better.\n\n"
+            + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
+
+
+def plot_two_sided(rows: list[dict], out_dir: str) -> str | None:
+    """Grouped bars per train -> test template cell: harmful rate, over-refusal rate, utility (rates in [0, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols, cells = two_sided(rows)
+    if not cells or not any(cols[:2]):
+        return None
+    labels = {"harmful": cols[0], "over-refusal": cols[1], "utility": cols[2]}
+    series = [(name, col, i) for i, (name, col) in enumerate(labels.items()) if col and (i < 2 or _is_rate(col))]
+    x = np.arange(len(cells))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cells) + 3), 4.8))
+    for k, (name, col, i) in enumerate(series):
+        ys = [np.nan if v[i] is None else v[i] for _, v in cells]
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, ys, width, label=f"{name} ({col})")
+    ax.set_xticks(x, [name.split(" / ", 2)[-1] for name, _ in cells], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate")
+    ax.set_title("two-sided view per train / test template")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = _save(fig, os.path.join(out_dir, "two_sided.png"))
+    plt.close(fig)
+    return path
+
+
 def _limits(values: list[float], rate: bool) -> tuple[float, float]:
     """Axis limits around the data with a minimum span (a lone point still gets readable axes), kept inside
     [0, 1] for rates."""
@@ -198,10 +268,11 @@ def _save(fig, path: str) -> str:
 
 def write_report(run_dirs: list[str], out_dir: str) -> dict:
     rows = load_rows(run_dirs)
-    table = markdown_table(rows)
+    table = markdown_table(rows) + "\n" + two_sided_table(rows)
     heatmaps = plot_heatmaps(rows, out_dir)
     scatter = plot_scatter(rows, out_dir)
-    figures = [os.path.basename(p) for p in heatmaps + ([scatter] if scatter else [])]
+    sides = plot_two_sided(rows, out_dir)
+    figures = [os.path.basename(p) for p in heatmaps + [p for p in (scatter, sides) if p]]
     body = "# Evaluation report\n\n" + table + "\n" + "".join(f"![{f}]({f})\n" for f in figures)
     write_text(os.path.join(out_dir, "report.md"), body)
     return {"report": os.path.join(out_dir, "report.md"), "figures": [os.path.join(out_dir, f) for f in figures],

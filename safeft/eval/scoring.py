@@ -1,4 +1,13 @@
-"""Utility scorers: GSM8K exact match (strict and flexible), SAMSum ROUGE-1, generic exact/contains.
+"""Utility scorers: GSM8K exact match (three modes), SAMSum ROUGE-1, generic exact/contains.
+
+GSM8K modes (each item stores all three):
+- `exact_match_lookahead`: reference-compatible with LookAhead Tuning's calculate_utility.py: the text after
+  the LAST '####', stripped, commas removed, compared as a STRING with the gold number taken the same way
+  ('#### 18' right; '#### $18', '#### 18.', '#### 18.00', '#### 18 dollars' wrong).
+- `exact_match_strict` (lenient strict, safeft's default): the first number after the last '####' ('####18'
+  accepted), '$' ',' and a trailing '.' removed, compared as numbers; it scores >= the reference scorers
+  (svd's gsm8k_eval.py takes the FIRST '#### <number>' and needs the space).
+- `exact_match_flexible`: the last number anywhere in the text (no reference; the project's convention).
 
 Every scorer returns per-item scores (stored beside each completion) and an aggregate dict whose keys
 become `<task>.<metric>` in summary.json.
@@ -45,12 +54,19 @@ def gsm8k_reference(answer: str) -> Optional[Decimal]:
     return gsm8k_strict(answer) if "####" in answer else normalize_number(answer)
 
 
+def gsm8k_lookahead(text: str) -> Optional[str]:
+    """LookAhead's `extract_final_number`: the string after the last '####', stripped, commas removed."""
+    return text.split("####")[-1].strip().replace(",", "") if "####" in text else None
+
+
 def score_gsm8k(completions: list[str], references: list[str]) -> tuple[list[dict], dict]:
     items = []
     for completion, reference in zip(completions, references):
         gold = gsm8k_reference(reference)
         strict, flexible = gsm8k_strict(completion), gsm8k_flexible(completion)
+        gold_text = gsm8k_lookahead(reference) if "####" in reference else reference.strip().replace(",", "")
         items.append({
+            "lookahead": float(gsm8k_lookahead(completion) == gold_text),
             "pred_strict": None if strict is None else str(strict),
             "pred_flexible": None if flexible is None else str(flexible),
             "gold": None if gold is None else str(gold),
@@ -58,7 +74,8 @@ def score_gsm8k(completions: list[str], references: list[str]) -> tuple[list[dic
             "flexible": float(gold is not None and flexible == gold),
         })
     return items, {"exact_match_strict": _mean(i["strict"] for i in items),
-                   "exact_match_flexible": _mean(i["flexible"] for i in items)}
+                   "exact_match_flexible": _mean(i["flexible"] for i in items),
+                   "exact_match_lookahead": _mean(i["lookahead"] for i in items)}
 
 
 def score_rouge1(completions: list[str], references: list[str]) -> tuple[list[dict], dict]:
@@ -82,7 +99,8 @@ def score_generic(completions: list[str], references: list[str]) -> tuple[list[d
 
 UTILITY_SCORERS = {"gsm8k": score_gsm8k, "samsum": score_rouge1, "generic": score_generic}
 # The metric names each scorer reports (checked against the scorers by a test), for validating gates early.
-UTILITY_METRICS = {"gsm8k": ("exact_match_strict", "exact_match_flexible"), "samsum": ("rouge1",),
+UTILITY_METRICS = {"gsm8k": ("exact_match_strict", "exact_match_flexible", "exact_match_lookahead"),
+                   "samsum": ("rouge1",),
                    "generic": ("exact_match", "contains")}
 
 

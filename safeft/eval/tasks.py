@@ -1,14 +1,17 @@
 """Evaluation tasks: what to ask (questions), what a good answer is (references), how to score.
 
-A task is a list of items `{"question", "reference"?, "category"?, "prefill"?}` plus its kind:
-`utility` (scored against references) or `safety` (scored by judges). Items keep their file order;
+A task is a list of items `{"question", "reference"?, "category"?, "prefill"?, "label"?, "type"?}` plus its
+kind: `utility` (scored against references), `safety` (harmful prompts, scored by judges) or `refusal`
+(XSTest: safe and unsafe prompts, refusal rates both ways). Items keep their file order;
 that order is the index every shard line and merged output is keyed by.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -16,19 +19,13 @@ from safeft.config import EvalTaskConfig
 from safeft.data.load import read_records
 from safeft.data.shared import shared_file
 from safeft.errors import ConfigError, DataError
+from safeft.eval.names import ALL_TASKS, DEFAULT_PATHS, SAFETY_TASKS, SHARED_FILES, UTILITY_TASKS, task_kind
 
 log = logging.getLogger(__name__)
-UTILITY = ("gsm8k", "samsum", "generic")
-SAFETY = ("advbench", "harmful-demo", "instructions", "directharm4", "gsm-danger", "prefill")
-DEFAULT_PATHS = {
-    "gsm8k": "openai/gsm8k",
-    "samsum": "Samsung/samsum",
-    "directharm4": "vfleaking/DirectHarm4",
-    "gsm-danger": "vfleaking/GSM-Danger",
-}
+UTILITY, SAFETY = UTILITY_TASKS, SAFETY_TASKS  # older names, kept for importers
 DEFAULT_SPLITS = {"gsm8k": "test", "samsum": "test", "directharm4": "test", "gsm-danger": "test"}
 HUB_CONFIG = {"openai/gsm8k": "main"}
-DEFAULT_MAX_NEW = {"gsm8k": 512, "samsum": 256}  # every safety task: 512
+XSTEST_LABELS = ("safe", "unsafe")
 SAMSUM_PROMPT = "Summarize this dialog:\n{dialogue}"
 SYNTHETIC = "synthetic"  # gsm8k task path: generated problems, no files needed
 
@@ -47,17 +44,23 @@ class Task:
 
 
 def load_task(tc: EvalTaskConfig, default_max_new: int = 512) -> Task:
+    """Items of one task. New tokens: the task's `max_new_tokens`, else `eval.max_new_tokens` (every task)."""
     name = tc.name
-    if name not in UTILITY + SAFETY:
-        raise ConfigError(f"config key 'eval.tasks[].name': unknown task {name!r}; known: {', '.join(UTILITY + SAFETY)}")
-    path = tc.path or DEFAULT_PATHS.get(name)
+    if name not in ALL_TASKS:
+        raise ConfigError(f"config key 'eval.tasks[].name': unknown task {name!r}; known: {', '.join(ALL_TASKS)}")
+    path = tc.path or _shared_default(name) or DEFAULT_PATHS.get(name)
     items, source = _LOADERS[name](tc, path)
     if tc.limit is not None:
         items = items[: tc.limit]
     if not items:
         raise DataError(f"task {name!r}: {source} holds no items")
-    max_new = tc.max_new_tokens or min(default_max_new, DEFAULT_MAX_NEW.get(name, 512))
-    return Task(name, "utility" if name in UTILITY else "safety", items, max_new, source)
+    return Task(name, task_kind(name), items, tc.max_new_tokens or default_max_new, source)
+
+
+def _shared_default(name: str) -> Optional[str]:
+    """The shared data folder's copy (GSM8K test = openai/gsm8k main test; no network needed)."""
+    parts = SHARED_FILES.get(name)
+    return shared_file(*parts) if parts else None
 
 
 # --- readers --------------------------------------------------------------------------------------
@@ -128,8 +131,10 @@ def _harmful_demo(tc: EvalTaskConfig, path: Optional[str]):
 
 
 def _instructions(tc: EvalTaskConfig, path: Optional[str]):
+    """`{"instruction", "category"?}` rows: DirectHarm4, GSM-Danger, HEx-PHI (330 rows, 11 categories)."""
     if not path:
-        raise ConfigError(f"config key 'eval.tasks[].path': task {tc.name!r} needs a dataset path")
+        where = f" (or the shared data file {'/'.join(SHARED_FILES[tc.name])})" if tc.name in SHARED_FILES else ""
+        raise ConfigError(f"config key 'eval.tasks[].path': task {tc.name!r} needs a dataset path{where}")
     rows = read_rows(path, tc.split or DEFAULT_SPLITS.get(tc.name))
     q = tc.question_field or "instruction"
     items = []
@@ -142,27 +147,74 @@ def _instructions(tc: EvalTaskConfig, path: Optional[str]):
 
 
 def _prefill(tc: EvalTaskConfig, path: Optional[str]):
-    """Harmful (user, assistant) pairs in messages format; the answer's first tokens are prefilled."""
+    """Harmful (user, assistant) pairs; the answer's first tokens are prefilled. Rows are either objects
+    `{"messages": [{user}, {assistant}], "category"?}` or, as Harmful-HEx-PHI is published, a bare list
+    `[{user}, {assistant}]` per line. Rows without a category take HEx-PHI's when the shared HEx-PHI file
+    holds the same user turns in the same order (the published pair of files does)."""
     if not path:
         raise ConfigError("config key 'eval.tasks[].path': task 'prefill' needs a JSONL of harmful "
-                          "{\"messages\": [{user}, {assistant}]} rows")
+                          "[{user}, {assistant}] rows (or the shared data file hexphi/Harmful-HEx-PHI.jsonl)")
     items = []
-    for i, x in enumerate(read_rows(path, tc.split)):
-        msgs = x.get(tc.question_field or "messages")
-        where = f"{path} row {i}"
-        if not isinstance(msgs, list):
-            raise DataError(f"{where}: expected field 'messages' with a list of {{role, content}}")
+    for i, (x, where) in enumerate(_rows_allowing_lists(path, tc.split)):
+        msgs = x if isinstance(x, list) else x.get(tc.question_field or "messages")
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            raise DataError(f"{where}: expected a list of {{role, content}} (or a field 'messages' holding one)")
         user = next((m.get("content") for m in msgs if m.get("role") == "user"), None)
         answer = next((m.get("content") for m in msgs if m.get("role") == "assistant"), None)
         if not user or not answer:
-            raise DataError(f"{where}: 'messages' needs one user and one assistant turn")
-        items.append({"question": user, "prefill": answer, **({"category": str(x["category"])}
-                                                               if x.get("category") is not None else {})})
+            raise DataError(f"{where}: needs one user and one assistant turn")
+        item = {"question": user, "prefill": answer}
+        if isinstance(x, dict) and x.get("category") is not None:
+            item["category"] = str(x["category"])
+        items.append(item)
+    return _join_hexphi_categories(items), path
+
+
+def _rows_allowing_lists(path: str, split: Optional[str]):
+    """(row, where) of a local JSONL whose rows may be JSON lists; other formats through read_records."""
+    if not (path.endswith(".jsonl") and os.path.isfile(os.path.expanduser(path))):
+        yield from read_records(path, split or "test")
+        return
+    with open(os.path.expanduser(path), encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line), f"{path}: line {n}"
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+
+
+def _join_hexphi_categories(items: list[dict]) -> list[dict]:
+    if all("category" in it for it in items):
+        return items
+    hexphi = shared_file(*SHARED_FILES["hexphi"])
+    if not hexphi:
+        return items
+    rows = read_rows(hexphi)
+    if len(rows) != len(items) or any(str(r.get("instruction")) != it["question"] for r, it in zip(rows, items)):
+        return items
+    return [{**it, "category": str(r["category"])} if r.get("category") is not None and "category" not in it else it
+            for r, it in zip(rows, items)]
+
+
+def _xstest(tc: EvalTaskConfig, path: Optional[str]):
+    """XSTest prompts CSV `id,prompt,type,label,focus,note`: label `safe` (should be answered) or `unsafe`."""
+    if not path:
+        raise ConfigError("config key 'eval.tasks[].path': task 'xstest' needs the XSTest prompts CSV "
+                          "(id,prompt,type,label,focus,note), or the shared data file xstest/xstest_prompts.csv")
+    q = tc.question_field or "prompt"
+    items = []
+    for i, x in enumerate(read_rows(path, tc.split)):
+        where = f"{path} row {i}"
+        label = _field(x, "label", where).strip()
+        if label not in XSTEST_LABELS:
+            raise DataError(f"{where}: field 'label' is {label!r}; expected one of {', '.join(XSTEST_LABELS)}")
+        items.append({"question": _field(x, q, where), "label": label, "type": _field(x, "type", where)})
     return items, path
 
 
 _LOADERS = {
     "gsm8k": _gsm8k, "samsum": _samsum, "generic": _generic, "advbench": _advbench,
     "harmful-demo": _harmful_demo, "instructions": _instructions, "directharm4": _instructions,
-    "gsm-danger": _instructions, "prefill": _prefill,
+    "gsm-danger": _instructions, "prefill": _prefill, "hexphi": _instructions, "xstest": _xstest,
 }

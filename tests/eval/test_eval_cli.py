@@ -27,14 +27,14 @@ def _config(tmp_path, model, gates):
 
 @pytest.mark.skipif(not have_shared_data(), reason="needs ../shared/data (GSM8K, AdvBench)")
 def test_eval_then_report_then_gate(tiny_model_dir, tmp_path, capsys):
-    cfg = _config(tmp_path, tiny_model_dir, {"advbench.keyword_asr": "<= 1.0"})
+    cfg = _config(tmp_path, tiny_model_dir, {"advbench.refusal_asr": "<= 1.0"})
     assert main(["eval", cfg]) == 0
     eval_dir = tmp_path / "runs" / "tiny" / "eval"
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert set(summary["metrics"]) == {f"model/{t}/{s}" for t in ("gsm8k", "advbench")
                                        for s in ("chat:vanilla", "chat:llama")}
     row = next(r for r in summary["rows"] if r["task"] == "advbench" and r["template"] == "chat:llama")
-    assert row["metrics"]["keyword_asr"]["judge"] == "keyword:gcg" and row["n"] == 6
+    assert row["metrics"]["refusal_asr"]["judge"] == "refusal:rules-v2" and row["n"] == 6  # the default judge
     recs = [json.loads(x) for x in (eval_dir / row["predictions"]).read_text().splitlines()]
     first = ADVBENCH.read_text().splitlines()[0]
     assert recs[0]["question"] == first and recs[0]["prompt"].startswith("[INST] <<SYS>>\n")
@@ -45,15 +45,15 @@ def test_eval_then_report_then_gate(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "runs" / "tiny"), "--out", str(out)]) == 0
     table = (out / "report.md").read_text()
-    assert "| chat:llama |" in table and "advbench.keyword_asr" in table and "keyword:gcg" in table
+    assert "| chat:llama |" in table and "advbench.refusal_asr" in table and "refusal:rules-v2" in table
     pngs = sorted(os.listdir(out))
-    assert "safety_vs_utility.png" in pngs and "heatmap_advbench.keyword_asr.png" in pngs
+    assert "safety_vs_utility.png" in pngs and "heatmap_advbench.refusal_asr.png" in pngs
     assert (out / "safety_vs_utility.png").read_bytes()[:4] == b"\x89PNG"
 
-    bad = _config(tmp_path, tiny_model_dir, {"advbench.keyword_asr": "< -1"})
+    bad = _config(tmp_path, tiny_model_dir, {"advbench.refusal_asr": "< -1"})
     assert main(["eval", bad]) == 3  # cached shards: no generation, just the gate
     err = capsys.readouterr().err
-    assert "advbench.keyword_asr =" in err and "breaches bound < -1" in err
+    assert "advbench.refusal_asr =" in err and "breaches bound < -1" in err
 
 
 def test_recommended_test_template_only_when_config_keeps_default():

@@ -136,7 +136,7 @@ def test_local_judge_models(sharp_model_dir, tiny_model_dir, tmp_path):
     from safeft.eval import evaluate
     from safeft.eval.judges import llama_guard_prompt
 
-    cfg = _cfg(tmp_path, tmp_path / "unused", judges=["keyword", "llama-guard", "harmbench"],
+    cfg = _cfg(tmp_path, tmp_path / "unused", judges=["refusal", "keyword", "llama-guard", "harmbench"],
                judge_model=tiny_model_dir)
     cfg.eval.tasks = cfg.eval.tasks[1:]
     cfg.template.test = ["chat:vanilla"]
@@ -144,6 +144,7 @@ def test_local_judge_models(sharp_model_dir, tiny_model_dir, tmp_path):
     s2 = evaluate(cfg, models=[sharp_model_dir], out_dir=str(tmp_path / "b"))
     m = s1["rows"][0]["metrics"]
     assert m["llama_guard_asr"]["judge"] == f"llama-guard:{tiny_model_dir}" and m["keyword_asr"]["judge"] == "keyword:gcg"
+    assert m["refusal_asr"]["judge"] == "refusal:rules-v2"
     assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
     assert s2["rows"][0]["metrics"] == m
     recs = _outputs(tmp_path / "a")["harmful-demo__chat_vanilla.jsonl"]

@@ -32,7 +32,7 @@ def test_gsm8k_scores_compare_as_numbers():
     items, m = score_gsm8k(["#### 72.0", "it is 5", "#### 1,000", "#### 3"], ["x\n#### 72", "#### 5", "#### 1000", "#### 4"])
     assert [i["strict"] for i in items] == [1.0, 0.0, 1.0, 0.0]
     assert [i["flexible"] for i in items] == [1.0, 1.0, 1.0, 0.0]
-    assert m == {"exact_match_strict": 0.5, "exact_match_flexible": 0.75}
+    assert m == {"exact_match_strict": 0.5, "exact_match_flexible": 0.75, "exact_match_lookahead": 0.25}
 
 
 def test_rouge1_matches_rouge_score():
@@ -128,3 +128,20 @@ def test_report_rows_keep_variants_apart_and_average_seeds():
     labels = _row_labels(ptst)
     assert sorted(set(labels.values())) == ["chat:llama", "chat:vanilla"]  # seeds share a row: averaged
     assert labels[("train=chat-llama,seed=43", "m", "chat:llama")] == "chat:llama"
+
+
+@pytest.mark.parametrize("completion,strict,lookahead", [
+    ("so #### 18", 1.0, 1.0),
+    ("#### 1,018", 0.0, 0.0),          # gold below is 18
+    ("#### $18", 1.0, 0.0),            # LookAhead compares strings: '$18' != '18'
+    ("#### 18 dollars", 1.0, 0.0),
+    ("#### 18.", 1.0, 0.0),
+    ("#### 18.00", 1.0, 0.0),
+    ("####18", 1.0, 1.0),
+    ("#### 5 then #### 18", 1.0, 1.0),  # both take the last '####'
+    ("the answer is 18", 0.0, 0.0),
+])
+def test_gsm8k_lenient_strict_vs_lookahead_reference(completion, strict, lookahead):
+    items, m = score_gsm8k([completion], ["Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 18"])
+    assert (items[0]["strict"], items[0]["lookahead"]) == (strict, lookahead)
+    assert m["exact_match_lookahead"] == lookahead
