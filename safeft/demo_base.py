@@ -33,12 +33,13 @@ RECIPE: dict = {
     "version": 1,
     "vocab_size": 2048,
     "model": {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 4, "intermediate": 384, "seed": 0},
-    "arith": {"max_a": 20, "max_b": 9, "align_kinds": [0, 0, 1, 1, 2, 3]},  # kinds 2, 3 under-weighted
+    "arith": {"max_a": 15, "max_b": 6, "align_kinds": [0, 0, 1, 1, 2, 3]},  # kinds 2, 3 under-weighted
     "max_seq_len": 256,
     "micro_batch_size": 8,
-    # (template, optimizer steps, lr, share of refusals, share of copying tasks)
-    "stages": [["chat:llama", 80, 3e-3, 0.3, 0.15], ["chat:vanilla", 80, 3e-3, 0.15, 0.15],
-               ["chat:llama", 60, 1.5e-3, 0.3, 0.15], ["chat:vanilla", 60, 1e-3, 0.15, 0.15]],
+    # (template, optimizer steps, lr, share of refusals, share of copying tasks); fewer refusals under
+    # chat:vanilla, so refusing leans partly on the safety system prompt
+    "stages": [["chat:llama", 90, 3e-3, 0.2, 0.1], ["chat:vanilla", 90, 3e-3, 0.1, 0.1],
+               ["chat:llama", 60, 1.5e-3, 0.2, 0.1], ["chat:vanilla", 60, 1e-3, 0.1, 0.1]],
     "warmup_steps": 10,
     "seed": 1234,
 }
