@@ -100,6 +100,8 @@ def compare(effects: list[dict]) -> list[dict]:
         diff = _diff_matrix(a["_matrix"], b["_matrix"])
         mean, lo, hi = bootstrap_ci(diff)
         reading = "appeared" if lo > 0 else "reversed" if hi < 0 else "not detected (interval includes 0)"
+        if a["mean"] == b["mean"] == 0.0:
+            reading += "; both rates are 0: no room for a difference at this strength"
         out.append({"claim": claim, "metric": metric, "higher": hi_key, "lower": lo_key,
                     "values": [a["mean"], b["mean"]], "difference": round(mean, 4),
                     "ci95": [round(lo, 4), round(hi, 4)], "reading": reading})
