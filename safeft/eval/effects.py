@@ -29,6 +29,10 @@ EFFECT_KEYS = ("variant", "train_template", "test_template", "metric", "mean", "
 COMPARISONS = [
     ("PTST: vanilla-safe more harmful than ptst", "harmful_rate", "heldout",
      ("vanilla-safe", "chat:llama"), ("ptst", "chat:llama")),
+    ("PTST: vanilla-safe more harmful than ptst on AdvBench", "harmful_rate", "advbench",
+     ("vanilla-safe", "chat:llama"), ("ptst", "chat:llama")),
+    ("PTST: vanilla-safe more harmful than ptst under prefilling", "prefill_harmful_rate", "heldout",
+     ("vanilla-safe", "chat:llama"), ("ptst", "chat:llama")),
     ("LookAhead real below vanilla-safe", "harmful_rate", "heldout",
      ("vanilla-safe", "chat:llama"), ("lookahead-real", "chat:llama")),
     ("LookAhead virtual below vanilla-safe", "harmful_rate", "heldout",
