@@ -143,7 +143,7 @@ def run_demo(out_dir: str = "runs", quick: bool = False, extra_overrides: list[s
     variants = {k: v for k, v in VARIANTS.items() if not quick or k in QUICK_VARIANTS}
     points = {f"{v},seed={s}": {**p, "train.seed": 42 + s, "data.seed": 42 + s}
               for s in range(seeds) for v, p in variants.items()}
-    say(f"[4/5] fine-tuning {len(points)} run(s) on Ray Train (2 workers, ZeRO-{cfg.train.zero_stage}), each "
+    say(f"[4/5] fine-tuning {len(points)} run(s) (finished ones are skipped) on Ray Train (2 workers, ZeRO-{cfg.train.zero_stage}), each "
         "then evaluated by the sharded evaluator")
     sweep = _sweep(cfg, points, console)
     say("[5/5] report")
