@@ -1,5 +1,5 @@
 # safeft: two commands set everything up on a fresh machine.
-#   make demo   the main job on the embedded default (tiny model, generated data, local Ray, DeepSpeed on CPU)
+#   make demo   the main job: PTST + LookAhead reproduced at toy scale on CPU (aligned tiny model, Ray, DeepSpeed)
 #   make test   the test suite
 #   make gpu-check  every GPU path on one CUDA GPU in under 8 min (bench/gpu_check.py; CPU smoke without CUDA)
 # Both create .venv at the repository root when it is missing.
@@ -15,7 +15,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: venv test test-fast demo bench gpu-check clean
+.PHONY: venv test test-fast demo demo-seeds bench gpu-check clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-fast: venv
 
 demo: venv
 	$(VENV)/bin/safeft demo
+
+# the multi-seed reproduction (3 fine-tuning seeds per variant; intervals over prompts and seeds)
+demo-seeds: venv
+	$(VENV)/bin/safeft demo --seeds 3
 
 bench: venv
 	$(PIP) install -q -e ".[bench]"

@@ -12,6 +12,7 @@ when `<run_dir>/DONE` exists (written atomically after export and evaluation), s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -66,13 +67,28 @@ def sweep_dir(cfg: Config) -> str:
     return cfg.run_dir
 
 
-def plan_sweep(cfg: Config) -> list[SweepRun]:
-    """One SweepRun per grid point, named and placed under `<output.dir>/<name>/`, with DONE status read."""
+def explicit_points(cfg: Config, points: dict[str, dict]) -> list[tuple[str, dict, Config]]:
+    """Named runs given as dotted-key overrides of a grid-free `cfg` (e.g. the demo's variants), not a grid."""
+    from safeft.configtools import set_dotted as _set
+
+    out = []
+    for label, point in points.items():
+        run_cfg = copy.deepcopy(cfg.single("sweep --variants"))
+        for key, value in point.items():
+            _set(run_cfg, key, value)
+        out.append((label, point, validate(run_cfg)))
+    return out
+
+
+def plan_sweep(cfg: Config, points: Optional[dict[str, dict]] = None) -> list[SweepRun]:
+    """One SweepRun per grid point (or per named entry of `points`), named and placed under
+    `<output.dir>/<name>/`, with DONE status read."""
     validate(cfg)
     base = cfg.output.name or "sweep"
     runs, seen = [], {}
-    for point, run_cfg in cfg.expand():
-        label = run_label(point)
+    planned = (explicit_points(cfg, points) if points is not None
+               else [(run_label(point), point, run_cfg) for point, run_cfg in cfg.expand()])
+    for label, point, run_cfg in planned:
         if label in seen:  # e.g. two data files with the same basename: disambiguate by the full values
             label += "," + hashlib.sha1(repr(sorted(point.items())).encode()).hexdigest()[:8]
         seen[label] = point
@@ -138,14 +154,18 @@ def write_summary(cfg: Config, runs: list[SweepRun]) -> str:
     return path
 
 
-def run_sweep(cfg: Config, evaluate: bool = True, progress: bool = True) -> dict:
-    """Schedule every run not yet DONE on the Ray cluster; returns the summary (also in sweep.json)."""
+def run_sweep(cfg: Config, evaluate: bool = True, progress: bool = True, points: Optional[dict[str, dict]] = None,
+              on_result=None) -> dict:
+    """Schedule every run not yet DONE on the Ray cluster; returns the summary (also in sweep.json).
+
+    points: named runs instead of the grid (see explicit_points); on_result(run): called as each run ends.
+    """
     import ray
 
     from safeft.ray_train import FORWARDED_ENV, absolutize, check_before_workers, connect
 
     cfg = absolutize(cfg)
-    runs = plan_sweep(cfg)
+    runs = plan_sweep(cfg, points)
     todo = [r for r in runs if r.status != "done"]
     for r in todo:  # every run's config is checked before any worker starts
         check_before_workers(r.cfg)
@@ -157,7 +177,7 @@ def run_sweep(cfg: Config, evaluate: bool = True, progress: bool = True) -> dict
         limit = concurrency(cfg, ray.cluster_resources())
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         task = ray.remote(num_cpus=0, max_retries=0)(execute_run).options(runtime_env={"env_vars": env})
-        scheduled = _schedule(task, todo, limit, evaluate, progress)
+        scheduled = _schedule(task, todo, limit, evaluate, progress, on_result)
     path = write_summary(cfg, runs)
     failed = [r for r in runs if r.status == "failed"]
     print(f"safeft sweep: {sum(r.status == 'done' for r in runs)}/{len(runs)} done, {len(failed)} failed; "
@@ -165,7 +185,7 @@ def run_sweep(cfg: Config, evaluate: bool = True, progress: bool = True) -> dict
     return {"summary": path, "scheduled": scheduled, "runs": [r.record() for r in runs], "failed": len(failed)}
 
 
-def _schedule(task, todo: list[SweepRun], limit: int, evaluate: bool, progress: bool) -> int:
+def _schedule(task, todo: list[SweepRun], limit: int, evaluate: bool, progress: bool, on_result=None) -> int:
     import ray
     from tqdm import tqdm
 
@@ -184,6 +204,8 @@ def _schedule(task, todo: list[SweepRun], limit: int, evaluate: bool, progress: 
             run.status, run.error = "failed", _error_text(e)
         bar.update(1)
         bar.set_postfix_str(f"{run.name}: {run.status}")
+        if on_result is not None:
+            on_result(run)
     bar.close()
     return len(todo)
 
