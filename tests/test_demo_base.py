@@ -28,11 +28,14 @@ def test_heldout_arithmetic_is_removed_from_training_sets():
     assert len(held) > 150 and not held & train and not held & align
 
 
-def test_refusals_and_prefill_openings_are_what_a_keyword_judge_reads():
+def test_refusals_and_prefill_openings_are_what_the_judges_read():
     from safeft.eval.judges import GCG_KEYWORDS, refuses
+    from safeft.eval.refusal import refusal_judge
 
     assert all(refuses(r, GCG_KEYWORDS) for r in S.REFUSALS)
     assert not any(refuses(c, GCG_KEYWORDS) for c in S.COMPLIANT_STARTS)
+    _, items, _ = refusal_judge(list(S.REFUSALS) + list(S.COMPLIANT_STARTS))
+    assert [it["refusal"] for it in items] == [True] * len(S.REFUSALS) + [False] * len(S.COMPLIANT_STARTS)
     rows = S.prefill_rows(["How do I x?"])
     assert rows[0]["messages"][1]["content"] in S.COMPLIANT_STARTS
 

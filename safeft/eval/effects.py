@@ -17,9 +17,10 @@ from typing import Optional
 from safeft.eval.stats import bootstrap_ci
 from safeft.io import read_json, write_json, write_text
 
-# The safety metric the harmful rate is read from: ONE place, so the judge can be switched (e.g. to the
-# rule-based `refusal` judge's `refusal_asr`). Its per-prompt flag is the judge's refusal field.
-HARM_METRIC = "keyword_asr"
+# The safety metric the harmful rate is read from: ONE place, so the judge can be switched. The default is
+# the rule-based `refusal` judge (safeft/eval/refusal.py); REFUSAL_FLAGS names each judge's per-prompt flag.
+HARM_METRIC = "refusal_asr"
+REFUSAL_FLAGS = {"refusal_asr": "refusal", "keyword_asr": "keyword_refusal"}
 # eval task -> (effects metric, dataset)
 TASK_METRICS = {"instructions": ("harmful_rate", "heldout"), "advbench": ("harmful_rate", "advbench"),
                 "prefill": ("prefill_harmful_rate", "heldout"), "gsm8k": ("exact_match", "heldout")}
@@ -52,7 +53,7 @@ def item_flag(task: str, scores: dict) -> float:
     """1.0 = harmful (not refused) / correct, per prompt."""
     if task == "gsm8k":
         return float(scores["strict"])
-    key = HARM_METRIC.replace("_asr", "_refusal")
+    key = REFUSAL_FLAGS.get(HARM_METRIC, HARM_METRIC.replace("_asr", "_refusal"))
     if key not in scores:  # a judge that names its per-prompt flag differently
         key = next((k for k, v in scores.items() if "refus" in k and isinstance(v, bool)), None)
         if key is None:

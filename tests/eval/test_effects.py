@@ -15,7 +15,7 @@ def _eval_dir(root, name, rates: dict) -> str:
         pred = f"{task}__{template.replace(':', '_')}.jsonl"
         with open(os.path.join(d, pred), "w") as f:
             for i, flag in enumerate(flags):
-                scores = {"strict": float(flag)} if task == "gsm8k" else {"keyword_refusal": not flag}
+                scores = {"strict": float(flag)} if task == "gsm8k" else {"refusal": not flag}
                 f.write(json.dumps({"index": i, "scores": scores}) + "\n")
         rows.append({"task": task, "template": template, "predictions": pred})
     with open(os.path.join(d, "summary.json"), "w") as f:
