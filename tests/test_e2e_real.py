@@ -179,3 +179,14 @@ def test_train_zero3_export_reload_evaluate(family, real_tiny_model, tmp_path):
         if family != "llama2":
             assert "You are a helpful, respectful and honest assistant" in records[0]["prompt"]
             assert template_obj.end_token_id() == tok.convert_tokens_to_ids(end)
+
+
+def test_the_e2e_zero3_config_partitions_every_parameter(tmp_path):
+    """What the 2-rank runs above hand DeepSpeed: ZeRO-3 with persistence threshold 0, so even the tiny
+    model's parameters are partitioned across the ranks (not kept whole as small 'persistent' ones)."""
+    from safeft.config import load_config
+    from safeft.distributed import build_ds_config
+
+    ds = build_ds_config(load_config(run_config("llama2", "unused/model", tmp_path)), 2, bf16=False, cpu=True)
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0
