@@ -96,9 +96,9 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def cpu_child(variant: str, reps: int) -> dict:
+def cpu_child(variant: str, reps: int, shape: dict) -> dict:
     """Run in a fresh process: peak RSS of one forward+backward, then the median time of `reps` more."""
-    h, w, labels = make_inputs(**CPU_SHAPE, dtype=torch.float32, device="cpu")
+    h, w, labels = make_inputs(**shape, dtype=torch.float32, device="cpu")
     fn = CPU_VARIANTS[variant]()
     before = _rss_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS mark to the current RSS
@@ -120,14 +120,16 @@ def run_cpu(args) -> dict:
     for variant in CPU_VARIANTS:
         path = os.path.join(args.tmp, f"flce_{variant}.pt")
         env = dict(os.environ, FLCE_BENCH_GRADS=path, PYTHONPATH=REPO)
-        out = subprocess.run([sys.executable, __file__, "--child", variant, "--reps", str(args.reps)], env=env,
+        shape = [str(args.cpu_shape[k]) for k in ("tokens", "hidden", "vocab")]
+        out = subprocess.run([sys.executable, __file__, "--child", variant, "--reps", str(args.reps),
+                              "--cpu-shape", *shape], env=env,
                              capture_output=True, text=True, check=True)
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
         grads[variant] = torch.load(path, weights_only=True)
         os.remove(path)
     t = results["torch"]
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
-    out = {"shape": CPU_SHAPE, "dtype": "float32", "threads": torch.get_num_threads(), "torch": t}
+    out = {"shape": args.cpu_shape, "dtype": "float32", "threads": torch.get_num_threads(), "torch": t}
     for name in ("fused_sum", "fused_none"):  # reference row kernel (pure torch)
         f = results[name]
         out[name] = dict(f, peak_ratio_over_torch=f["peak_mb"] / t["peak_mb"],
@@ -201,12 +203,16 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3, help="CPU: timed runs per variant (median)")
     p.add_argument("--tokens", type=int, nargs="+", default=list(GPU_TOKENS), help="CUDA: token counts")
     p.add_argument("--vocabs", type=int, nargs="+", default=list(GPU_VOCABS), help="CUDA: vocabulary sizes")
+    p.add_argument("--cpu-shape", type=int, nargs=3, metavar=("TOKENS", "HIDDEN", "VOCAB"),
+                   default=[CPU_SHAPE[k] for k in ("tokens", "hidden", "vocab")],
+                   help="CPU: problem size (smoke runs use a smaller one)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--tmp", default="/tmp")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.cpu_shape = dict(zip(("tokens", "hidden", "vocab"), args.cpu_shape))
     if args.child:
-        print(json.dumps(cpu_child(args.child, args.reps)))
+        print(json.dumps(cpu_child(args.child, args.reps, args.cpu_shape)))
         return
     if args.device == "cuda":
         result = {"device": torch.cuda.get_device_name(), "rows": run_cuda(args)}

@@ -214,7 +214,7 @@ def main(argv=None) -> int:
         _bench(c, "train_mfu", "train_mfu.py", ["--smoke", "--steps", "2"] if c.cpu
                else ["--models", "llama-1b,llama-3b", "--steps", "6", "--warmup", "2", "--docs", "1200"])
     if "fused_ce" in steps:
-        _bench(c, "fused_ce", "fused_ce.py", ["--device", "cpu", "--reps", "1", "--tmp", c.work] if c.cpu
+        _bench(c, "fused_ce", "fused_ce.py", ["--device", "cpu", "--reps", "1", "--cpu-shape", "1024", "256", "8000", "--tmp", c.work] if c.cpu
                else ["--device", "cuda", "--tokens", "16384", "--vocabs", "128256", "--tmp", c.work])
     report = {"mode": "cpu-smoke" if c.cpu else "cuda", "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
               "wall_s": round(time.monotonic() - t0, 1), "deadline_s": args.deadline,

@@ -57,9 +57,10 @@ def _fused_figures(res: Optional[dict]) -> dict[str, tuple[str, Optional[bool], 
             "fused_ce_time": ("-", None, "fused_ce gave no figures")}
     if not res:
         return none
-    if "peak_ratio_fused_over_torch" in res:  # the CPU form: one shape, reference path
-        ratio = res["peak_ratio_fused_over_torch"]
-        return {"fused_ce_peak": (f"{ratio:.3f} of torch (CPU shape {res.get('shape')})", ratio <= 0.1, ""),
+    if isinstance(res.get("fused_sum"), dict):  # the CPU form: one shape, reference path, sum and none
+        ratios = {k: res[k]["peak_ratio_over_torch"] for k in ("fused_sum", "fused_none") if k in res}
+        text = ", ".join(f"{k[6:]} {v:.3f}" for k, v in ratios.items())
+        return {"fused_ce_peak": (f"{text} of torch (CPU shape {res.get('shape')})", None, "not judged on CPU"),
                 "fused_ce_time": ("-", None, "Liger needs CUDA")}
     row = next((r for r in res.get("rows", []) if r.get("tokens") == 16384 and r.get("vocab") == 128256), None)
     if row is None or not isinstance(row.get("fused_triton"), dict):
