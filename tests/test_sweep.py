@@ -45,6 +45,18 @@ def test_plan_expands_grid_and_reads_done_markers(tmp_path):
     assert again[1].result == {"export": "x"}
 
 
+def test_explicit_points_name_their_runs_and_override_keys(tmp_path):
+    cfg = config_from_dict({"output": {"dir": str(tmp_path), "name": "v"}})
+    points = {"safe": {"template.train": "chat:llama", "template.test": ["chat:llama"]},
+              "plain,seed=1": {"template.train": "chat:vanilla", "train.seed": 43}}
+    runs = plan_sweep(cfg, points)
+    assert [r.name for r in runs] == ["v/safe", "v/plain,seed=1"]
+    assert [(r.cfg.template.train, r.cfg.train.seed) for r in runs] == [("chat:llama", 42), ("chat:vanilla", 43)]
+    assert runs[0].cfg.test_templates == ["chat:llama"] and cfg.template.train == "chat:vanilla"  # cfg untouched
+    with pytest.raises(Exception, match="train.lr"):
+        plan_sweep(cfg, {"bad": {"train.lr": 5.0}})  # every point is validated
+
+
 def test_same_basename_data_paths_get_distinct_names(tmp_path):
     cfg = config_from_dict({"data": {"path": ["a/train.jsonl", "b/train.jsonl"]},
                             "output": {"dir": str(tmp_path), "name": "d"}})
