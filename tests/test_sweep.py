@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import REPO, SHARED_DATA, have_shared_data
 from ray_cluster import cluster  # noqa: F401  (module fixture)
 from safeft.config import config_from_dict, load_config
 from safeft.io import write_json
@@ -79,6 +79,8 @@ def test_concurrency_from_cluster_resources(ray_cfg, resources, expected):
 def test_every_config_passes_config_check(path):
     proc = subprocess.run([sys.executable, "-m", "safeft", "config", "check", str(path)],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
+    if proc.returncode != 0 and "shared data folder" in proc.stderr and not have_shared_data():
+        pytest.skip(f"needs the shared data files ({SHARED_DATA} not found)")
     assert proc.returncode == 0, proc.stderr
     assert ": ok" in proc.stdout
 
