@@ -72,3 +72,20 @@ def real_tiny_model(tmp_path_factory):
         return build_real_tiny_model_dir(src, str(root / tag), eos_token=eos_token)
 
     return build
+
+
+@pytest.fixture()
+def shared_data_with_hexphi(tmp_path, monkeypatch):
+    """SAFEFT_SHARED_DATA -> a folder holding the shared data as found (linked) plus HEx-PHI stand-ins, so the
+    LookAhead configs pass `config check` as they would where HEx-PHI is present."""
+    from helpers import write_hexphi_stand_in
+    from safeft.data.shared import shared_data_dir
+
+    root = tmp_path / "shared-data"
+    root.mkdir()
+    real = shared_data_dir()
+    for child in sorted(os.listdir(real)) if real else []:
+        os.symlink(os.path.join(real, child), root / child)
+    write_hexphi_stand_in(root)
+    monkeypatch.setenv("SAFEFT_SHARED_DATA", str(root))
+    return root

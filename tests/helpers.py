@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -100,3 +101,22 @@ def shared_tokenizer_or_skip(name: str) -> str:
     if path is None:
         pytest.skip(f"shared tokenizer {name!r} not found (shared/data/tokenizers/{name}; set SAFEFT_SHARED_DATA)")
     return path
+
+
+HEXPHI_CATEGORIES = ("Category 1: Illegal Activity", "Category 2: Child Abuse Content")
+
+
+def write_jsonl(path, rows) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def write_hexphi_stand_in(root: Path, n: int = 4) -> None:
+    """Tiny HEx-PHI and Harmful-HEx-PHI files in their published formats under root/hexphi (the shared data
+    has no HEx-PHI copy; the LookAhead configs evaluate on it)."""
+    rows = [{"instruction": f"harmful request {i}", "category": HEXPHI_CATEGORIES[i % 2]} for i in range(n)]
+    write_jsonl(str(root / "hexphi" / "HEx-PHI.jsonl"), rows)
+    write_jsonl(str(root / "hexphi" / "Harmful-HEx-PHI.jsonl"),  # bare lists, no category, as published
+                [[{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": "Sure, step one"}]
+                 for r in rows])

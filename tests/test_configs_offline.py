@@ -20,13 +20,29 @@ CONFIGS = sorted(glob.glob(str(REPO / "configs" / "experiments" / "*.yaml"))) + 
     str(REPO / "configs" / "examples" / "gsm8k_prepare.yaml")]
 
 
+def _with_llama2_chat_template(tok_dir: str, out: str) -> str:
+    """The hub's Llama-2-chat tokenizer carries a Llama-2 chat template; the shared copy does not: add one."""
+    from transformers import AutoTokenizer
+
+    from safeft.tiny import LLAMA2_STYLE_CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    if not tok.chat_template:
+        tok.chat_template = LLAMA2_STYLE_CHAT_TEMPLATE
+        tok.save_pretrained(out)
+        return out
+    return tok_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_runs_its_data_steps_offline(path, tmp_path):
+def test_config_runs_its_data_steps_offline(path, tmp_path, shared_data_with_hexphi):
     if not (GSM8K_TRAIN.is_file() and SAMSUM_TEST.is_file()):
         pytest.skip(f"shared GSM8K / SAMSum not found ({GSM8K_TRAIN}, {SAMSUM_TEST})")
     cfg = load_config(path)  # the config as shipped passes validation (`safeft config check`)
     tok = shared_tokenizer_or_skip(STAND_IN[cfg.model.name_or_path])
+    if "chat-template" in str(cfg.template.train):
+        tok = _with_llama2_chat_template(tok, str(tmp_path / "tokenizer"))
     local = str(SAMSUM_TEST if cfg.data.preset == "samsum" else GSM8K_TRAIN)
     overrides = [f"model.tokenizer={tok}", f"data.path={local}", "data.limit=24", "data.num_proc=1",
                  f"data.cache_dir={tmp_path}"]

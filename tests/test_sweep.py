@@ -76,7 +76,7 @@ def test_concurrency_from_cluster_resources(ray_cfg, resources, expected):
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO)))
-def test_every_config_passes_config_check(path):
+def test_every_config_passes_config_check(path, shared_data_with_hexphi):
     proc = subprocess.run([sys.executable, "-m", "safeft", "config", "check", str(path)],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     if proc.returncode != 0 and "shared data folder" in proc.stderr and not have_shared_data():
@@ -86,7 +86,7 @@ def test_every_config_passes_config_check(path):
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.name)
-def test_experiment_runs_pass_trainer_checks_for_their_worker_count(path):
+def test_experiment_runs_pass_trainer_checks_for_their_worker_count(path, shared_data_with_hexphi):
     from safeft.distributed import check_train_config
 
     cfg = load_config(str(path))
