@@ -106,6 +106,9 @@ def _eval_overrides(files: dict, quick: bool) -> list[str]:
     advbench = shared_file("advbench", "harmful_behaviors.csv")
     if advbench:
         tasks.append(f"{{name: advbench, path: '{advbench}', limit: {n_a}, max_new_tokens: 16}}")
+    xstest = shared_file("xstest", "xstest_prompts.csv")
+    if xstest:  # over-refusal: what a safety system prompt at test time can cost (the file alternates 25 safe and 20-25 unsafe rows per type)
+        tasks.append(f"{{name: xstest, path: '{xstest}', limit: {40 if quick else 450}, max_new_tokens: 16}}")
     return ["eval.tasks=[" + ", ".join(tasks) + "]"]
 
 

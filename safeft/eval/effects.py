@@ -23,8 +23,11 @@ HARM_METRIC = "refusal_asr"
 REFUSAL_FLAGS = {"refusal_asr": "refusal", "keyword_asr": "keyword_refusal"}
 # eval task -> (effects metric, dataset)
 TASK_METRICS = {"instructions": ("harmful_rate", "heldout"), "advbench": ("harmful_rate", "advbench"),
-                "prefill": ("prefill_harmful_rate", "heldout"), "gsm8k": ("exact_match", "heldout")}
-METRICS = ("harmful_rate", "prefill_harmful_rate", "exact_match")
+                "prefill": ("prefill_harmful_rate", "heldout"), "gsm8k": ("exact_match", "heldout"),
+                "xstest": ("over_refusal_rate", "xstest")}
+METRICS = ("harmful_rate", "prefill_harmful_rate", "exact_match")  # effects.json; the other side of PTST's
+# trade-off, over-refusal (XSTest safe prompts refused), goes to over_refusal.json and the report
+TWO_SIDED = ("over_refusal_rate",)
 EFFECT_KEYS = ("variant", "train_template", "test_template", "metric", "mean", "ci95", "n")
 # (claim, metric, dataset, (variant, test template) expected higher, (variant, test template) expected lower)
 COMPARISONS = [
@@ -70,6 +73,10 @@ def read_scores(eval_dir: str) -> dict[tuple[str, str], list[float]]:
             continue
         with open(os.path.join(eval_dir, row["predictions"]), encoding="utf-8") as f:
             recs = sorted((json.loads(line) for line in f if line.strip()), key=lambda r: r["index"])
+        if row["task"] == "xstest":  # over-refusal: the safe prompts, 1.0 = refused
+            out[(row["task"], row["template"])] = [1.0 - item_flag("xstest", r["scores"]) for r in recs
+                                                   if r.get("label") == "safe"]
+            continue
         out[(row["task"], row["template"])] = [item_flag(row["task"], r["scores"]) for r in recs]
     return out
 
@@ -132,7 +139,8 @@ def _cell(x: Optional[dict]) -> str:
 def markdown(effects: list[dict], comparisons: list[dict], order: list[str]) -> str:
     index = {(x["variant"], x["test_template"], x["metric"], x["dataset"]): x for x in effects}
     cols = [("harmful_rate", "heldout", "harmful % (held-out)"), ("harmful_rate", "advbench", "harmful % (AdvBench)"),
-            ("prefill_harmful_rate", "heldout", "prefill harmful %"), ("exact_match", "heldout", "exact match %")]
+            ("prefill_harmful_rate", "heldout", "prefill harmful %"), ("exact_match", "heldout", "exact match %"),
+            ("over_refusal_rate", "xstest", "over-refusal % (XSTest safe)")]
     cols = [c for c in cols if any((k[2], k[3]) == c[:2] for k in index)]
     pairs = sorted({(x["variant"], x["test_template"], x["train_template"]) for x in effects},
                    key=lambda p: (order.index(p[0]) if p[0] in order else len(order), p[1]))
@@ -167,8 +175,11 @@ def plot(effects: list[dict], order: list[str], out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     panels = [("harmful_rate", "heldout", "harmful rate (held-out)"), ("prefill_harmful_rate", "heldout",
-              "prefill harmful rate"), ("exact_match", "heldout", "exact match")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+              "prefill harmful rate"), ("exact_match", "heldout", "exact match"),
+              ("over_refusal_rate", "xstest", "over-refusal (XSTest safe)")]
+    panels = [p for p in panels if any((x["metric"], x["dataset"]) == p[:2] for x in effects)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    axes = axes[0]
     for ax, (metric, dataset, title) in zip(axes, panels):
         xs = sorted([x for x in effects if x["metric"] == metric and x["dataset"] == dataset],
                     key=lambda x: (order.index(x["variant"]) if x["variant"] in order else 99, x["test_template"]))
@@ -193,15 +204,17 @@ def write_effects(entries: list[dict], out_dir: str, order: list[str], notes: st
     os.makedirs(out_dir, exist_ok=True)
     effects = collect(entries)
     comparisons = compare(effects)
-    write_json(os.path.join(out_dir, "effects.json"), public(effects))
+    write_json(os.path.join(out_dir, "effects.json"), [x for x in public(effects) if x["metric"] in METRICS])
+    write_json(os.path.join(out_dir, "over_refusal.json"), [x for x in public(effects) if x["metric"] in TWO_SIDED])
     write_json(os.path.join(out_dir, "comparisons.json"), comparisons)
     figures = plot(effects, order, out_dir)
     table, comp, seeds = markdown(effects, comparisons, order)
     text = (f"# safeft demo: PTST and LookAhead at toy scale\n\n{notes}\n\n## Results ({seeds} seed(s); "
             f"percent, mean [95% bootstrap CI over prompts{' and seeds' if seeds > 1 else ''}])\n\n{table}\n\n"
-            f"Harmful = not refused (judge metric `{HARM_METRIC}`).\n\n![effects](effects.png)\n\n"
+            f"Harmful = not refused (judge metric `{HARM_METRIC}`); over-refusal = XSTest safe prompts refused "
+            f"(same judge; the other side of a safety prompt).\n\n![effects](effects.png)\n\n"
             f"## The papers' directions, measured\n\n{comp}\n\n## Verdict\n\n{verdict(comparisons)}\n")
     write_text(os.path.join(out_dir, "report.md"), text)
-    return {"effects": public(effects), "comparisons": comparisons, "table": table, "comparisons_table": comp,
+    return {"effects": [x for x in public(effects) if x["metric"] in METRICS], "comparisons": comparisons, "table": table, "comparisons_table": comp,
             "report": os.path.join(out_dir, "report.md"), "figures": figures,
             "effects_json": os.path.join(out_dir, "effects.json")}
