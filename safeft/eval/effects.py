@@ -45,6 +45,8 @@ COMPARISONS = [
      ("vanilla-safe", "chat:llama"), ("lookahead-real", "chat:llama")),
     ("LookAhead virtual below vanilla-safe under prefilling", "prefill_harmful_rate", "heldout",
      ("vanilla-safe", "chat:llama"), ("lookahead-virtual", "chat:llama")),
+    ("PTST's cost: ptst over-refuses more than vanilla (XSTest safe prompts)", "over_refusal_rate", "xstest",
+     ("ptst", "chat:llama"), ("vanilla", "chat:vanilla")),
     ("fine-tuning raises utility (vanilla-safe over base)", "exact_match", "heldout",
      ("vanilla-safe", "chat:llama"), ("base", "chat:llama")),
     ("fine-tuning raises utility (vanilla over base)", "exact_match", "heldout",
