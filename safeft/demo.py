@@ -14,7 +14,6 @@ stage and per run, then the table.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from safeft.errors import SafeftError
+from safeft.io import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "examples" / "demo.yaml"
@@ -88,11 +88,8 @@ def write_eval_data(data_dir: str, quick: bool) -> dict:
     }
     out = {}
     for key, (name, rows) in files.items():
-        path = os.path.join(data_dir, name)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(path + ".tmp", path)
-        out[key] = path
+        out[key] = os.path.join(data_dir, name)
+        write_jsonl(out[key], rows)
     return out
 
 

@@ -29,6 +29,8 @@ import shutil
 import time
 from typing import Callable, Optional
 
+from safeft.io import write_jsonl
+
 RECIPE: dict = {
     "version": 1,
     "vocab_size": 2048,
@@ -109,11 +111,6 @@ def _init_model_dir(out: str, recipe: dict) -> None:
     tok.save_pretrained(out)
 
 
-def _write_jsonl(path: str, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def stage_config(work: str, k: int, model_dir: str, data_path: str, template: str, steps: int, lr: float,
                  recipe: dict = RECIPE):
     from safeft.config import config_from_dict
@@ -134,9 +131,6 @@ def stage_config(work: str, k: int, model_dir: str, data_path: str, template: st
 def build_base(cache_root: str, recipe: dict = RECIPE, rebuild: bool = False,
                say: Callable[[str], None] = print) -> str:
     """The aligned base model's HF directory under `cache_root/<recipe key>`; built if missing (or rebuild)."""
-    from safeft.io import atomic_path
-    from safeft.train import run
-
     import torch
 
     key = recipe_key(recipe)
@@ -168,7 +162,7 @@ def _build(work: str, final: str, key: str, recipe: dict, say, started: float) -
     curves = []
     for k, (template, steps, lr, refusal_share, copy_share) in enumerate(recipe["stages"]):
         data_path = os.path.join(work, f"stage{k}.jsonl")
-        _write_jsonl(data_path, stage_examples(steps * EXAMPLES_PER_STEP, refusal_share, copy_share,
+        write_jsonl(data_path, stage_examples(steps * EXAMPLES_PER_STEP, refusal_share, copy_share,
                                                recipe["seed"] + 100 * k, recipe))
         t0 = time.time()
         result = run(stage_config(work, k, model_dir, data_path, template, steps, lr, recipe))
@@ -183,7 +177,7 @@ def _build(work: str, final: str, key: str, recipe: dict, say, started: float) -
             src = os.path.join(model_dir, name)
             if os.path.isfile(src) and name != "safeft_run.json":  # the base is no fine-tuning run
                 shutil.copy2(src, os.path.join(tmp, name))
-        _write_jsonl(os.path.join(tmp, "base_curves.jsonl"), curves)
+        write_jsonl(os.path.join(tmp, "base_curves.jsonl"), curves)
         with open(os.path.join(tmp, "base_recipe.json"), "w") as f:
             json.dump({"key": key, "recipe": recipe, "seconds": round(time.time() - started, 1)}, f, indent=1)
     shutil.rmtree(work, ignore_errors=True)

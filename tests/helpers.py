@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
+import yaml
 
 from safeft.data.shared import shared_data_dir
 
@@ -107,9 +113,9 @@ HEXPHI_CATEGORIES = ("Category 1: Illegal Activity", "Category 2: Child Abuse Co
 
 
 def write_jsonl(path, rows) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    from safeft.io import write_jsonl as write
+
+    write(path, rows)
 
 
 def write_hexphi_stand_in(root: Path, n: int = 4) -> None:
@@ -120,3 +126,76 @@ def write_hexphi_stand_in(root: Path, n: int = 4) -> None:
     write_jsonl(str(root / "hexphi" / "Harmful-HEx-PHI.jsonl"),  # bare lists, no category, as published
                 [[{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": "Sure, step one"}]
                  for r in rows])
+
+
+# --- multi-rank training runs (gloo on localhost), shared by the trainer, constrained and e2e tests ---
+
+STEPS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], world: int, timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """Run `python ARGS` as `world` ranks on localhost (gloo); returns each rank's completed process."""
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=cpu_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
+                                                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+             for r in range(world)]
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=timeout)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout))
+    return out
+
+
+def write_config(path, model_dir, data_cache, out_dir, name, **train) -> str:
+    cfg = {
+        "model": {"name_or_path": str(model_dir), "dtype": "float32"},
+        "data": {"preset": "synthetic", "limit": 64, "max_seq_len": 160, "num_proc": 1,
+                 "cache_dir": str(data_cache), "seed": 7},
+        "template": {"train": "chat:vanilla", "test": ["chat:llama"]},
+        "train": {"max_steps": STEPS, "save_steps": 2, "keep_last": 3, "lr": 1e-3, "scheduler": "cosine",
+                  "warmup_steps": 1, "precision": "fp32", "micro_batch_size": 1, "adam_betas": [0.5, 0.999],
+                  **train},
+        "output": {"dir": str(out_dir), "name": name, "tensorboard": False},
+    }
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
+
+
+def train_ok(cfg_path: str, world: int, extra: tuple = ()) -> str:
+    """Train on `world` ranks; returns rank 0's output."""
+    results = launch(["-m", "safeft.train", cfg_path, *extra], world)
+    for rank, r in enumerate(results):
+        assert r.returncode == 0, f"rank {rank} of {cfg_path}:\n" + without_warnings(r.stdout)[-6000:]
+    return results[0].stdout
+
+
+def partitioned(stdout: str) -> tuple[int, int]:
+    """(partitioned, total) parameter tensors from the trainer's ZeRO-3 log line."""
+    m = re.search(r"ZeRO-3: (\d+) of (\d+) parameter tensors partitioned", stdout)
+    assert m, "no ZeRO-3 partition line in the output"
+    return int(m.group(1)), int(m.group(2))
+
+
+def without_warnings(text: str) -> str:
+    noise = ("Warning", "WARNING", "return func(", "it/s]")
+    return "\n".join(line for line in text.splitlines() if not any(n in line for n in noise))
+
+
+def losses(run_dir) -> dict[int, float]:
+    """step -> loss; a step logged twice (run resumed) keeps its last value."""
+    out = {}
+    with open(os.path.join(run_dir, "logs", "metrics.jsonl")) as f:
+        for line in f:
+            m = json.loads(line)
+            out[m["step"]] = m["loss"]
+    return out
+
+

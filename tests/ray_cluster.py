@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, cpu_env
+from helpers import REPO, cpu_env, free_port
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 UPLOAD_EXCLUDES = [".venv", ".git", "runs", ".cache", "*.egg-info", "__pycache__", ".pytest_cache"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RayCluster:

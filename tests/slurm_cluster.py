@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
+
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch")
 
 
@@ -31,12 +33,6 @@ def ensure_installed() -> None:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             pytest.skip(f"cannot install Slurm ({' '.join(cmd)} failed, offline?): {proc.stderr[-500:]}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sbin(name: str) -> str:
@@ -66,7 +62,7 @@ class SlurmCluster:
             "ClusterName=safeft-test", f"SlurmctldHost={self.host}", "AuthType=auth/munge",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core", "MpiDefault=none", "SlurmUser=root", "ReturnToService=2",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
             f"StateSaveLocation={self.root / 'state'}", f"SlurmdSpoolDir={self.root / 'spool'}",
             f"SlurmctldLogFile={self.root / 'slurmctld.log'}", f"SlurmdLogFile={self.root / 'slurmd.log'}",
             f"SlurmctldPidFile={self.root / 'slurmctld.pid'}", f"SlurmdPidFile={self.root / 'slurmd.pid'}",

@@ -204,7 +204,7 @@ def test_trainer_constrained_first_step_equals_sft(tmp_path, tiny_model_dir):
     loss equals SFT's on 1 rank with accumulation 2 (policy == reference)."""
     import yaml
 
-    from test_train import losses, partitioned, train_ok, write_config
+    from helpers import losses, partitioned, train_ok, write_config
 
     runs = {}
     for method, world, extra in (("sft", 1, dict(gradient_accumulation_steps=2)),

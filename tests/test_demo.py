@@ -8,7 +8,6 @@ the full reproduction (`safeft demo`, several minutes) is marked `repro` and exc
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
