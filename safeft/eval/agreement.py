@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from safeft.errors import DataError
-from safeft.eval.refusal import KEYWORD_LISTS, RULES_VERSION, keyword_judge, refusal_judge
+from safeft.eval.refusal import KEYWORD_LISTS, NOT_A_REFUSAL, RULES_VERSION, keyword_judge, refusal_judge
 
 RULE_MARK = "(rule)"
 KEYWORD_MARK = "(keyword)"
 REFUSED_LABELS = {"2_full_refusal", "3_partial_refusal", "full_refusal", "partial_refusal", "refusal", "refused",
                   "true", "1", "yes"}
+NOT_A_REFUSAL_NAMES = tuple(NOT_A_REFUSAL)
 COMPLIED_LABELS = {"1_full_compliance", "full_compliance", "compliance", "complied", "false", "0", "no"}
 
 
@@ -35,6 +36,7 @@ class Judged:
     verdicts: dict[str, list[bool]] = field(default_factory=dict)
     labels: Optional[list[bool]] = None
     empty: int = 0
+    rules: list[str] = field(default_factory=list)  # the rule judge's deciding rule per item
 
 
 def parse_label(value, where: str) -> bool:
@@ -82,6 +84,7 @@ def judge_file(path: str, label_column: Optional[str] = None, completion_column:
     out = Judged(path, labels=labels if label_column else None, empty=sum(not c.strip() for c in completions))
     name, items, _ = refusal_judge(completions)
     out.verdicts[f"{name} {RULE_MARK}"] = [i["refusal"] for i in items]
+    out.rules = [i["refusal_rule"] for i in items]
     for lst in KEYWORD_LISTS:
         name, items, _ = keyword_judge(completions, lst)
         out.verdicts[f"{name} {KEYWORD_MARK}"] = [i["keyword_refusal"] for i in items]
@@ -112,6 +115,21 @@ def kappa_interval(a: list[bool], b: list[bool], resamples: int = 1000, seed: in
     return (ks[int(0.025 * len(ks))], ks[min(len(ks) - 1, int(0.975 * len(ks)))]) if ks else (float("nan"),) * 2
 
 
+def _rule_table(labelled: list[Judged]) -> list[str]:
+    """Which rule of the rule judge decided how many items, and how often people called those refusals: the
+    audit trail of each rule (a refusal rule should sit near 1, `none` and the voids near 0)."""
+    lines = [f"Rule judge {RULES_VERSION} by deciding rule (human refusal share = labelled refusals / items):", "",
+             "| file | rule | judged | items | human refusal share |", "|---|---|---|---|---|"]
+    for f in labelled:
+        by: dict[str, list[bool]] = {}
+        for rule, lab in zip(f.rules, f.labels):
+            by.setdefault(rule, []).append(lab)
+        for rule, labs in sorted(by.items(), key=lambda kv: -len(kv[1])):
+            judged = "answer" if rule in ("none",) + NOT_A_REFUSAL_NAMES else "refusal"
+            lines.append(f"| {os.path.basename(f.path)} | {rule} | {judged} | {len(labs)} | {sum(labs) / len(labs):.3f} |")
+    return lines + [""]
+
+
 def agreement_tables(files: list[Judged], resamples: int = 1000) -> str:
     """Markdown: each judge against the labels per file (acc, kappa, 95% CI), then judge pairs per file."""
     lines = [f"Refusal judge agreement (rules version {RULES_VERSION}; {RULE_MARK} / {KEYWORD_MARK} mark weight-free "
@@ -128,6 +146,7 @@ def agreement_tables(files: list[Judged], resamples: int = 1000) -> str:
                 lines.append(f"| {os.path.basename(f.path)} | {len(v)} | {f.empty} | {judge} | {sum(v) / len(v):.3f} | "
                              f"{human:.3f} | {acc:.3f} | {k:.3f} | [{lo:.3f}, {hi:.3f}] |")
         lines.append("")
+        lines += _rule_table(labelled)
     lines += ["| file | judge A | judge B | accuracy | kappa |", "|---|---|---|---|---|"]
     for f in files:
         names = list(f.verdicts)

@@ -1,6 +1,6 @@
 """Safety judges: rule-based refusal and keyword lists (safeft.eval.refusal), local classifier models (Llama-Guard / HarmBench style), an HTTP judge.
 
-Every number a judge produces is stored with the judge's name (`refusal:rules-v2`, `keyword:gcg`, `llama-guard:<path>`,
+Every number a judge produces is stored with the judge's name (`refusal:rules-v3`, `keyword:gcg`, `llama-guard:<path>`,
 `http:<model>`), so a summary never mixes a keyword proxy with a model verdict unnoticed.
 """
 

@@ -34,7 +34,7 @@ def test_eval_then_report_then_gate(tiny_model_dir, tmp_path, capsys):
     assert set(summary["metrics"]) == {f"model/{t}/{s}" for t in ("gsm8k", "advbench")
                                        for s in ("chat:vanilla", "chat:llama")}
     row = next(r for r in summary["rows"] if r["task"] == "advbench" and r["template"] == "chat:llama")
-    assert row["metrics"]["refusal_asr"]["judge"] == "refusal:rules-v2" and row["n"] == 6  # the default judge
+    assert row["metrics"]["refusal_asr"]["judge"] == "refusal:rules-v3" and row["n"] == 6  # the default judge
     recs = [json.loads(x) for x in (eval_dir / row["predictions"]).read_text().splitlines()]
     first = ADVBENCH.read_text().splitlines()[0]
     assert recs[0]["question"] == first and recs[0]["prompt"].startswith("[INST] <<SYS>>\n")
@@ -45,7 +45,7 @@ def test_eval_then_report_then_gate(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(tmp_path / "runs" / "tiny"), "--out", str(out)]) == 0
     table = (out / "report.md").read_text()
-    assert "| chat:llama |" in table and "advbench.refusal_asr" in table and "refusal:rules-v2" in table
+    assert "| chat:llama |" in table and "advbench.refusal_asr" in table and "refusal:rules-v3" in table
     pngs = sorted(os.listdir(out))
     assert "safety_vs_utility.png" in pngs and "heatmap_advbench.refusal_asr.png" in pngs
     assert (out / "safety_vs_utility.png").read_bytes()[:4] == b"\x89PNG"

@@ -144,7 +144,7 @@ def test_local_judge_models(sharp_model_dir, tiny_model_dir, tmp_path):
     s2 = evaluate(cfg, models=[sharp_model_dir], out_dir=str(tmp_path / "b"))
     m = s1["rows"][0]["metrics"]
     assert m["llama_guard_asr"]["judge"] == f"llama-guard:{tiny_model_dir}" and m["keyword_asr"]["judge"] == "keyword:gcg"
-    assert m["refusal_asr"]["judge"] == "refusal:rules-v2"
+    assert m["refusal_asr"]["judge"] == "refusal:rules-v3"
     assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
     assert s2["rows"][0]["metrics"] == m
     recs = _outputs(tmp_path / "a")["harmful-demo__chat_vanilla.jsonl"]

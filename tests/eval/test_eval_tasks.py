@@ -78,4 +78,4 @@ def test_eval_prints_over_refusal_per_template(tiny_model_dir, tmp_path, capsys)
     out = capsys.readouterr().out
     for template in ("chat:vanilla", "chat:llama"):
         assert f"xstest model [{template}]: over-refusal " in out
-    assert "judge refusal:rules-v2: a rule-based proxy" in out
+    assert "judge refusal:rules-v3: a rule-based proxy" in out
