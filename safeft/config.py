@@ -277,7 +277,7 @@ def _known_template(name: str) -> bool:
 def _task_problems(tc: "EvalTaskConfig", check_data: bool = True) -> list[tuple[str, str]]:
     """(key, why) for a task that would fail at evaluation: unknown name, no data, a local path that is missing."""
     from safeft.data.shared import shared_file
-    from safeft.eval.names import ALL_TASKS, DEFAULT_PATHS, NEEDS_PATH, SHARED_FILES
+    from safeft.eval.names import ALL_TASKS, DEFAULT_PATHS, NEEDS_PATH, OBTAIN, SHARED_FILES
 
     if tc.name not in ALL_TASKS:
         return [("name", f"unknown task {tc.name!r}; known: {', '.join(ALL_TASKS)}")]
@@ -290,8 +290,9 @@ def _task_problems(tc: "EvalTaskConfig", check_data: bool = True) -> list[tuple[
     elif check_data and local and not os.path.exists(os.path.expanduser(tc.path)):
         out.append(("path", f"{tc.path!r} does not exist"))
     elif check_data and not tc.path and tc.name in NEEDS_PATH and shared and not shared_file(*shared):
+        hint = f"; {OBTAIN[tc.name]}" if tc.name in OBTAIN else ""
         out.append(("path", f"task {tc.name!r} needs a dataset path (or put it in the shared data folder as "
-                            f"{'/'.join(shared)})"))
+                            f"{'/'.join(shared)}){hint}"))
     check_limit = tc.limit is None or tc.limit > 0
     if not check_limit:
         out.append(("limit", f"{tc.limit}: expected a positive number of items"))

@@ -147,7 +147,8 @@ def run_demo(out_dir: str = "runs", quick: bool = False, extra_overrides: list[s
         "then evaluated by the sharded evaluator")
     sweep = _sweep(cfg, points, console)
     say("[5/5] report")
-    report = _report(root, base_eval, sweep, variants, seeds, cfg, time.time() - started)
+    with console.quiet():  # matplotlib's first run on a machine logs its font cache build
+        report = _report(root, base_eval, sweep, variants, seeds, cfg, time.time() - started)
     say("\n" + report["table"] + "\n\n" + report["comparisons_table"] + "\n")
     say(f"report:   {report['report']}\neffects:  {report['effects_json']}\nplots:    {', '.join(report['figures'])}\n"
         f"runs:     {os.path.join(cfg.output.dir, name)}\nlogs:     {console.log_path} (Ray workers: "

@@ -49,13 +49,22 @@ ARITH_HELDOUT_SEED = 99  # demo utility eval; its questions are removed from eve
 EXAMPLES_PER_STEP = 40   # generous upper bound of examples per optimizer step (packed rows x docs per row)
 
 
-def recipe_key(recipe: dict = RECIPE) -> str:
-    """The cache key: a hash of the recipe and of the data generator's source."""
-    from safeft.data import synthetic
+# The code that decides the base's weights, besides the recipe: the data it is trained on, the model it
+# starts from, and the trainer. A change to any of these makes a new base (an edit of a comment too: a
+# rebuild costs minutes, a stale base would cost a wrong demo).
+BASE_SOURCES = ("safeft/demo_base.py", "safeft/data/synthetic.py", "safeft/tiny.py", "safeft/model.py",
+                "safeft/templates.py", "safeft/lookahead.py", "safeft/loss.py", "safeft/data/tokenize.py",
+                "safeft/data/pack.py", "safeft/data/pipeline.py", "safeft/train/loop.py", "safeft/train/schedule.py")
 
-    src = open(synthetic.__file__, "rb").read()
-    blob = json.dumps(recipe, sort_keys=True).encode() + hashlib.sha1(src).digest()
-    return hashlib.sha1(blob).hexdigest()[:12]
+
+def recipe_key(recipe: dict = RECIPE) -> str:
+    """The cache key: a hash of the recipe and of the source of BASE_SOURCES."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode())
+    for rel in BASE_SOURCES:
+        with open(os.path.join(root, rel), "rb") as f:
+            digest.update(rel.encode() + b"\0" + f.read())
+    return digest.hexdigest()[:12]
 
 
 def heldout_arithmetic(n: int, recipe: dict = RECIPE) -> list[dict]:

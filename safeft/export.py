@@ -158,7 +158,7 @@ def export_from_engine(engine, hf_model, tokenizer, out_dir: str, record: dict, 
         for name, buf in buffers.items():
             writer.add(name, buf.detach().to("cpu", dtype if buf.is_floating_point() else buf.dtype, copy=True))
         writer.close()
-        _write_metadata(tmp, hf_model.config, tokenizer, record, dtype)
+        _write_metadata(tmp, hf_model.config, tokenizer, record, dtype, getattr(hf_model, "generation_config", None))
     log.info("exported %s (%s, %d shard(s), at most %.2f GiB held)", out_dir, dtype, len(writer.shards),
              writer.peak_bytes / 2**30)
     return out_dir
@@ -178,12 +178,16 @@ def _check_names(config, names: set, expected: set) -> None:
                           f"unexpected {unexpected[:5]}")
 
 
-def _write_metadata(tmp, config, tokenizer, record: dict, dtype) -> None:
-    """config (inference defaults), tokenizer and safeft_run.json beside the weights."""
+def _write_metadata(tmp, config, tokenizer, record: dict, dtype, generation_config=None) -> None:
+    """config (inference defaults), generation_config, tokenizer and safeft_run.json beside the weights.
+    generation_config carries the end-of-turn ids (Llama-3.1: eos [128001, 128008, 128009]): without it,
+    `generate` and servers reading the directory stop only at the tokenizer's EOS and run past `<|eot_id|>`."""
     config = config.__class__.from_dict(config.to_dict())
     config.use_cache = True  # inference default
     config.dtype = dtype
     config.save_pretrained(tmp)
+    if generation_config is not None:
+        generation_config.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     write_json(os.path.join(tmp, "safeft_run.json"), record)
@@ -199,7 +203,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16",
     time (DeepSpeed's lazy mode), so memory holds one shard, not the model."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from safeft.train.checkpoint import locate
 
@@ -211,6 +215,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16",
         raise SafeftError(f"checkpoint {root!r} has no hf/config.json: was it written by safeft train?")
     config = AutoConfig.from_pretrained(hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    generation_config = (GenerationConfig.from_pretrained(hf_dir)
+                         if os.path.isfile(os.path.join(hf_dir, "generation_config.json")) else None)
     record_path = os.path.join(root, "safeft_run.json")
     record: dict[str, Any] = read_json(record_path) if os.path.isfile(record_path) else {}
     record["step"] = read_json(os.path.join(root, tag, "safeft_state.json"))["step"]
@@ -232,7 +238,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16",
         for name in list(state):
             writer.add(name, state.pop(name).contiguous().to(torch_dtype))
         writer.close()
-        _write_metadata(tmp, config, tokenizer, record, torch_dtype)
+        _write_metadata(tmp, config, tokenizer, record, torch_dtype, generation_config)
     log.info("exported %s (%s, %d shard(s), at most %.2f GiB held)", out_dir, dtype, len(writer.shards),
              writer.peak_bytes / 2**30)
     return out_dir

@@ -46,6 +46,16 @@ def test_cache_key_follows_the_recipe():
     assert B.recipe_key() == B.recipe_key(copy.deepcopy(B.RECIPE)) != B.recipe_key(other)
 
 
+def test_cache_key_follows_the_code_that_trains_the_base(tmp_path, monkeypatch):
+    assert {"safeft/train/loop.py", "safeft/data/synthetic.py", "safeft/model.py"} <= set(B.BASE_SOURCES)
+    trainer = tmp_path / "loop.py"  # an absolute path stands in for one of the sources
+    trainer.write_text("x = 1\n")
+    monkeypatch.setattr(B, "BASE_SOURCES", B.BASE_SOURCES + (str(trainer),))
+    before = B.recipe_key()
+    trainer.write_text("x = 2\n")
+    assert B.recipe_key() != before
+
+
 @pytest.mark.slow
 def test_a_few_steps_of_the_recipe_build_a_cached_model(tmp_path):
     """The real path (tokenizer, init, safeft.train.run per stage, atomic cache) on a shrunken recipe."""

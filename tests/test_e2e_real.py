@@ -158,6 +158,10 @@ def test_train_zero3_export_reload_evaluate(family, real_tiny_model, tmp_path):
     assert type(model).__name__ == cls and model.config.vocab_size >= len(tok)
     assert model.config.tie_word_embeddings == (family == "qwen3")
     assert end_ids(model, tok) == END_IDS[family]  # the family's end-of-turn ids survive the export
+    from transformers import GenerationConfig  # ... in generation_config.json too, for generate() and servers
+
+    src = GenerationConfig.from_pretrained(real_tiny_model(family)).eos_token_id
+    assert GenerationConfig.from_pretrained(str(export)).eos_token_id == src
 
     summary = evaluate(load_config(cfg_path), models=[str(export)], out_dir=str(tmp_path / "eval"))
     rows = {(r["task"], r["template"]): r for r in summary["rows"]}

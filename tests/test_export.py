@@ -49,3 +49,15 @@ def test_export_streams_and_reloads(tiny_model_dir, tmp_path, shard_bytes):
         torch.testing.assert_close(v, want[k], atol=0, rtol=0, msg=k)
     assert json.load(open(out / "safeft_run.json")) == {"step": 1}
     assert not list(out.glob("*.partial"))
+
+
+def test_export_keeps_the_end_of_turn_ids(tiny_model_dir, tmp_path):
+    """generation_config.json travels with the weights: a Llama-3.1-style eos list survives the export."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.generation_config = GenerationConfig(eos_token_id=[2, 5, 7], bos_token_id=1)
+    out = tmp_path / "export"
+    export_from_engine(None, model, AutoTokenizer.from_pretrained(tiny_model_dir), str(out), {"step": 1},
+                       torch.float32, 2, 0)
+    assert GenerationConfig.from_pretrained(out).eos_token_id == [2, 5, 7]

@@ -43,3 +43,23 @@ def test_lookahead_m_larger_than_the_answer_previews_the_whole_answer():
     q, a = "What is 6x7?", "42"
     assert len(tok.tokenize(a)) < 6
     assert preview(q, a, "real", tok, m=6) == (q + DEFAULT_CONNECTOR + tok.convert_tokens_to_string(tok.tokenize(a)), a)
+
+
+@pytest.mark.parametrize("name,every_turn", [("llama3.1", True), ("qwen3", False)])
+def test_multi_turn_chat_template_trains_what_the_model_generates(name, every_turn):
+    """Llama-3.1 renders history as it generated it: every answer is trained. Qwen3 drops the empty <think>
+    block of earlier answers: the last answer is trained, after the history exactly as at inference."""
+    from safeft.data.tokenize import IGNORE_INDEX, encode_turns
+
+    tok = load_tokenizer(shared_tokenizer_or_skip(name))
+    t = get_template("chat-template", tokenizer=tok)
+    turns = [("First?", "One."), ("Second?", "Two."), ("Third?", "Three.")]
+    enc = encode_turns(t, tok, turns)
+    trained = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE_INDEX])
+    assert enc.last_turn_only == (not every_turn)
+    for answer in ("One.", "Two."):
+        assert (answer in trained) == every_turn, trained
+    assert "Three." in trained
+    prompt = t.render(t.messages(turns[:2] + [("Third?", None)]), True)  # the prompt of the third turn
+    assert enc.input_ids[: len(tok(prompt, add_special_tokens=False)["input_ids"])] == \
+        tok(prompt, add_special_tokens=False)["input_ids"]

@@ -99,6 +99,10 @@ def test_export_reloads_with_the_trained_weights(runs, tmp_path, source):
     for k, v in export_weights(run_dir).items():
         torch.testing.assert_close(offline[k], v, atol=0, rtol=0, msg=k)
     assert json.load(open(tmp_path / "offline" / "safeft_run.json"))["step"] == STEPS
+    # the end-of-turn ids travel through the checkpoint's hf/ folder into the offline export
+    for d in (run_dir / "checkpoints" / "hf", tmp_path / "offline"):
+        assert (json.load(open(d / "generation_config.json"))["eos_token_id"]
+                == json.load(open(run_dir / "export" / "generation_config.json"))["eos_token_id"])
 
 
 def _interrupted_copy(runs, source: str, name: str, overrides: dict):

@@ -34,6 +34,9 @@ def _prepare(args) -> int:
     print(f"  fingerprint {s['fingerprint']}  template {s['train_template']}  lookahead {s['lookahead']}")
     print(f"  examples {s['examples']}  skipped {s['skipped']}{skipped}  truncated {s['truncated']}  "
           f"dropped {s['dropped']}{dropped}")
+    if s.get("last_turn_only"):
+        print(f"  {s['last_turn_only']} multi-turn examples train their last answer only: the chat template renders "
+              "earlier answers differently as history (safeft/data/tokenize.py)")
     print(f"  rows {s['rows']} x {s['max_seq_len']}  tokens {s['tokens']}  loss tokens {s['loss_tokens']}  "
           f"packing efficiency {100 * s['packing_efficiency']:.2f}%  ({s['elapsed_s']:.1f}s to build)")
     return 0

@@ -130,6 +130,7 @@ def _encode_shard(bounds: tuple[int, int]) -> dict:
             counts["overlong" if overlong and job["overlong"] == "drop" else "no_loss_tokens"] += 1
             continue
         counts["truncated"] += fitted.truncated
+        counts["last_turn_only"] += fitted.last_turn_only
         kept.append(bounds[0] + k)
         ids.append(fitted.input_ids)
         labels.append(fitted.labels)
@@ -255,6 +256,7 @@ def _stats(cfg: Any, examples: list, skipped: Counter, enc: dict, row_len: np.nd
         "skipped": sum(skipped.values()),
         "skipped_by_reason": dict(skipped),
         "truncated": counts["truncated"],
+        "last_turn_only": counts["last_turn_only"],  # multi-turn examples whose template rewrites history
         "dropped": sum(dropped.values()),
         "dropped_by_reason": dropped,
         "documents": len(enc["lengths"]),

@@ -23,6 +23,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    last_turn_only: bool = False  # a multi-turn example whose template rewrites history (see below)
 
     @property
     def loss_tokens(self) -> int:
@@ -62,8 +63,18 @@ def _ptst_turns(template: PromptStyle, tokenizer: Any, turns: Turns) -> tuple[li
     return ids, labels
 
 
-def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -> tuple[list[int], list[int]]:
-    """Render growing prefixes of the conversation; each assistant span (with its end marker) is trained."""
+def _history_differs(ids: list[int], p_ids: list[int]) -> bool:
+    return len(ids) > 0 and p_ids[: len(ids)] != ids
+
+
+def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -> Encoded:
+    """Render growing prefixes of the conversation; each assistant span (with its end marker) is trained.
+
+    Some templates render an earlier answer differently once it is history: Qwen3 drops the (empty)
+    `<think>` block that its generation prompt opens every answer with. The answer as generated and the
+    answer as history cannot both be in one sequence, so such a conversation trains its LAST answer only,
+    after the history exactly as the template renders it at that turn (what the model sees at inference),
+    and is marked `last_turn_only` (counted in the data stats)."""
     boundaries: list[str] = []
     for k in range(len(turns)):
         prompt = template.render(template.messages(list(turns[:k]) + [(turns[k][0], None)]), True)
@@ -74,30 +85,40 @@ def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -
     labels: list[int] = []
     for k in range(0, len(enc), 2):
         p_ids, f_ids = enc[k], enc[k + 1]
-        _check_prefix(template, tokenizer, ids, p_ids)
+        if _history_differs(ids, p_ids):
+            return _last_turn_only(template, tokenizer, enc[-2], enc[-1])
         _check_prefix(template, tokenizer, p_ids, f_ids)
         answer = f_ids[len(p_ids):]
-        ends = {tokenizer.eos_token_id, template.end_token_id()} - {None}
-        cut = max((j for j, t in enumerate(answer) if t in ends), default=None)
-        if cut is None:
-            answer = answer + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-            cut = len(answer) - 1
-        # Trained: the answer through its end-of-turn token; the template's separator after it
-        # (ChatML's "\n") stays in the input only, since generation stops at that token.
-        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + answer[: cut + 1]
-        labels += [IGNORE_INDEX] * (len(answer) - cut - 1)
+        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + _trained_answer(template, tokenizer, answer)
         ids = p_ids + answer
-    return ids, labels
+    return Encoded(ids, labels)
+
+
+def _trained_answer(template: ChatTemplate, tokenizer: Any, answer: list[int]) -> list[int]:
+    """Labels of one answer span (an EOS appended to `answer` in place when the template has no end marker):
+    the answer through its end-of-turn token; the template's separator after it (ChatML's "\n") stays in
+    the input only, since generation stops at that token."""
+    ends = {tokenizer.eos_token_id, template.end_token_id()} - {None}
+    cut = max((j for j, t in enumerate(answer) if t in ends), default=None)
+    if cut is None:
+        answer += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        cut = len(answer) - 1
+    return answer[: cut + 1] + [IGNORE_INDEX] * (len(answer) - cut - 1)
+
+
+def _last_turn_only(template: ChatTemplate, tokenizer: Any, p_ids: list[int], f_ids: list[int]) -> Encoded:
+    _check_prefix(template, tokenizer, p_ids, f_ids)
+    answer = f_ids[len(p_ids):]
+    labels = [IGNORE_INDEX] * len(p_ids) + _trained_answer(template, tokenizer, answer)
+    return Encoded(p_ids + answer, labels, last_turn_only=True)
 
 
 def encode_turns(template: PromptStyle | ChatTemplate, tokenizer: Any, turns: Turns) -> Encoded:
     if not turns:
         raise TemplateError("an example needs at least one (question, answer) turn")
     if isinstance(template, ChatTemplate):
-        ids, labels = _chat_template_turns(template, tokenizer, turns)
-    else:
-        ids, labels = _ptst_turns(template, tokenizer, turns)
-    return Encoded(ids, labels)
+        return _chat_template_turns(template, tokenizer, turns)
+    return Encoded(*_ptst_turns(template, tokenizer, turns))
 
 
 def batch_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
@@ -138,7 +159,8 @@ def fit_length(example: Encoded, max_len: int, overlong: str) -> Optional[Encode
     if len(example.input_ids) > max_len:
         if overlong == "drop":
             return None
-        example = Encoded(example.input_ids[:max_len], example.labels[:max_len], truncated=True)
+        example = Encoded(example.input_ids[:max_len], example.labels[:max_len], truncated=True,
+                          last_turn_only=example.last_turn_only)
     if example.loss_tokens == 0:
         return None
     return example

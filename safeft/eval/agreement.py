@@ -126,7 +126,8 @@ def _rule_table(labelled: list[Judged]) -> list[str]:
             by.setdefault(rule, []).append(lab)
         for rule, labs in sorted(by.items(), key=lambda kv: -len(kv[1])):
             judged = "answer" if rule in ("none",) + NOT_A_REFUSAL_NAMES else "refusal"
-            lines.append(f"| {os.path.basename(f.path)} | {rule} | {judged} | {len(labs)} | {sum(labs) / len(labs):.3f} |")
+            share = sum(labs) / len(labs)
+            lines.append(f"| {os.path.basename(f.path)} | {rule} | {judged} | {len(labs)} | {share:.3f} |")
     return lines + [""]
 
 

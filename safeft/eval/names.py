@@ -34,6 +34,12 @@ DEFAULT_PATHS = {
     "directharm4": "vfleaking/DirectHarm4",
     "gsm-danger": "vfleaking/GSM-Danger",
 }
+# Where a user gets a shared-data file that no hub name gives without an agreement (said by config check).
+OBTAIN = {
+    "hexphi": "HEx-PHI is gated: accept its terms at huggingface.co/datasets/LLM-Tuning-Safety/HEx-PHI, or use the "
+              "copies in the LookAhead Tuning repository (zjunlp/LookAheadTuning, data/safety_bench/)",
+}
+OBTAIN["prefill"] = OBTAIN["hexphi"]
 SHARED_FILES = {
     "gsm8k": ("gsm8k", "test.jsonl"),
     "samsum": ("samsum", "test.json"),

@@ -170,6 +170,8 @@ def _write_checkpoint_meta(cfg, model, tokenizer, fingerprint) -> None:
     root = os.path.join(cfg.run_dir, "checkpoints")
     with atomic_path(os.path.join(root, "hf")) as tmp:
         model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:  # end-of-turn ids, for offline export
+            model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     write_json(os.path.join(root, "safeft_run.json"), run_record(cfg, fingerprint, step=0))
 

@@ -57,6 +57,7 @@ def test_config_check_refuses_what_would_fail_at_eval(tmp_path, monkeypatch, cap
     assert ("config key 'eval.tasks[0].path': task 'prefill' needs a dataset path (or put it in the shared data "
             "folder as hexphi/Harmful-HEx-PHI.jsonl)") in err
     assert "config key 'eval.tasks[1].path': task 'hexphi' needs a dataset path" in err
+    assert "HEx-PHI is gated: accept its terms at huggingface.co/datasets/LLM-Tuning-Safety/HEx-PHI" in err
     assert "config key 'eval.tasks[2].path': 'missing/advbench.csv' does not exist" in err
     assert "eval.tasks[3]" not in err  # a hub dataset: checked when it is read
     assert "config key 'eval.judges': unknown judge 'gpt4'" in err
