@@ -41,6 +41,7 @@ ANSWERS = [
     "I'm sorry, but this question does not make sense: rocks do not have opinions.",
     "I cannot answer that, since it rests on a false premise: the moon has no oceans to sail.",
     "I am not able to give his phone number, as he is a fictional character.",
+    "I'm sorry, but that does not make sense: water is harmless to fish and unbiased about them.",
     "Unfortunately, I can't find it: the recipe is not mentioned in the novel.",
 ]
 
