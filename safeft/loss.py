@@ -2,8 +2,8 @@
 
 Returning the *sum* and the token count (not a mean) lets the trainer normalise by the number of label
 tokens of the whole optimizer step over all ranks, so short and long documents weigh the same whatever
-micro-batch they land in. The fused loss runs inside this forward because under ZeRO-3 the lm_head
-weight is a 0-element shard outside a forward the engine runs.
+micro-batch they land in. The fused loss runs inside this forward (in its own FusedLossHead module)
+because under ZeRO-3 the lm_head weight is a 0-element shard outside a forward the engine runs.
 """
 
 from __future__ import annotations
@@ -14,6 +14,27 @@ import torch
 from torch import nn
 
 from safeft.data.tokenize import IGNORE_INDEX
+
+
+class FusedLossHead(nn.Module):
+    """The fused loss as a module of its own. Under ZeRO-3, lm_head.weight is registered as this module's
+    external parameter, so DeepSpeed gathers it around this module's forward and backward and releases it
+    after each; registered on the wrapper instead, the weight would stay gathered from the wrapper's first
+    hook to the end of the step (2.1 GB for Llama-3-70B). The weight is read through `weight_of`, not held as
+    a submodule: the checkpoint and export keys stay those of the HF model."""
+
+    def __init__(self, weight_of):
+        super().__init__()
+        self.weight_of = weight_of  # a function, not a module: adds no parameter or state_dict key
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor, token_weights: Optional[torch.Tensor],
+                reduction: str) -> torch.Tensor:
+        """hidden [B, T-1, H], targets [B, T-1] -> the summed loss [] ("sum") or per-token losses [B, T-1]."""
+        from safeft.kernels import fused_linear_cross_entropy
+
+        return fused_linear_cross_entropy(hidden, self.weight_of(), targets, ignore_index=IGNORE_INDEX,
+                                          token_weights=token_weights, reduction=reduction,
+                                          grad_weight_dtype=torch.float32)
 
 
 class CausalLMWithLoss(nn.Module):
@@ -28,11 +49,12 @@ class CausalLMWithLoss(nn.Module):
         self.model = model
         self.loss = loss
         self.constrained = (list(constrained[0]), float(constrained[1])) if constrained is not None else None
-        if loss == "fused" and zero_stage == 3:
+        self.head = FusedLossHead(lambda: self.lm_head.weight) if loss == "fused" else None
+        if self.head is not None and zero_stage == 3:
             import deepspeed
 
-            # We read lm_head.weight without calling lm_head: tell ZeRO-3 to gather it for our forward.
-            deepspeed.zero.register_external_parameter(self, self.lm_head.weight)
+            # The head reads lm_head.weight without calling lm_head: ZeRO-3 gathers it for the head only.
+            deepspeed.zero.register_external_parameter(self.head, self.lm_head.weight)
 
     @property
     def lm_head(self) -> nn.Module:
@@ -55,14 +77,10 @@ class CausalLMWithLoss(nn.Module):
         hidden = out.last_hidden_state[:, :-1]  # [B, T-1, H]: position t predicts token t+1
         targets = labels[:, 1:]  # [B, T-1]
         n_tokens = (targets != IGNORE_INDEX).sum()
-        if self.loss == "fused" and self.constrained is None:
+        if self.head is not None and self.constrained is None:
             # the cheapest path: the summed loss computes both gradients in its forward (3 GEMMs per chunk)
-            from safeft.kernels import fused_linear_cross_entropy
-
             weights = token_weights[:, 1:] if token_weights is not None else None
-            return fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, ignore_index=IGNORE_INDEX,
-                                              token_weights=weights, reduction="sum",
-                                              grad_weight_dtype=torch.float32), n_tokens
+            return self.head(hidden, targets, weights, "sum"), n_tokens
         per_token = self._token_losses(hidden, targets)  # [B, T-1] fp32, 0 where no label
         if self.constrained is not None:
             if ref_logp is None:
@@ -73,12 +91,9 @@ class CausalLMWithLoss(nn.Module):
         return per_token.sum(), n_tokens
 
     def _token_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.loss == "fused":
-            from safeft.kernels import fused_linear_cross_entropy
-
+        if self.head is not None:
             # per-token losses (constrained SFT needs them for its weights): logits recomputed in backward
-            return fused_linear_cross_entropy(hidden, self.lm_head.weight, targets, ignore_index=IGNORE_INDEX,
-                                              reduction="none", grad_weight_dtype=torch.float32)  # [B, T-1]
+            return self.head(hidden, targets, None, "none")  # [B, T-1]
         logits = self.lm_head(hidden).float()  # [B, T-1, V]
         per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                 ignore_index=IGNORE_INDEX, reduction="none")  # [B*(T-1)]
