@@ -49,7 +49,7 @@ class CausalLMWithLoss(nn.Module):
         self.model = model
         self.loss = loss
         self.constrained = (list(constrained[0]), float(constrained[1])) if constrained is not None else None
-        self.head = FusedLossHead(lambda: self.lm_head.weight) if loss == "fused" else None
+        self.head = FusedLossHead(self._lm_head_weight) if loss == "fused" else None
         if self.head is not None and zero_stage == 3:
             import deepspeed
 
@@ -59,6 +59,9 @@ class CausalLMWithLoss(nn.Module):
     @property
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    def _lm_head_weight(self) -> torch.Tensor:  # a bound method: a deepcopy of the wrapper reads its own copy
+        return self.lm_head.weight
 
     @property
     def backbone(self) -> nn.Module:
