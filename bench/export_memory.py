@@ -159,7 +159,8 @@ def offline_rows(args, env) -> list[dict]:
                 row = {"size": size, "params": n, "bf16_bytes": 2 * n, "zero_stage": args.zero_stage,
                        **json.loads(out.stdout.strip().splitlines()[-1])}
                 rows.append(row)
-                print(f"{size:>5} {n / 1e6:7.1f}M params  ZeRO-{args.zero_stage}  bf16 {2 * n / 2**20:7.0f} MiB  {mode:<13} "
+                print(f"{size:>5} {n / 1e6:7.1f}M params  ZeRO-{args.zero_stage}  bf16 {2 * n / 2**20:7.0f} MiB  "
+                      f"{mode:<13} "
                       f"peak +{row['peak_mib']:7.0f} MiB (anonymous +{row['anon_peak_mib']:7.0f} MiB)", flush=True)
     return rows
 

@@ -88,29 +88,28 @@ def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -
         if _history_differs(ids, p_ids):
             return _last_turn_only(template, tokenizer, enc[-2], enc[-1])
         _check_prefix(template, tokenizer, p_ids, f_ids)
-        answer = f_ids[len(p_ids):]
-        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + _trained_answer(template, tokenizer, answer)
+        answer, trained = _answer_labels(template, tokenizer, f_ids[len(p_ids):])
+        labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + trained
         ids = p_ids + answer
     return Encoded(ids, labels)
 
 
-def _trained_answer(template: ChatTemplate, tokenizer: Any, answer: list[int]) -> list[int]:
-    """Labels of one answer span (an EOS appended to `answer` in place when the template has no end marker):
-    the answer through its end-of-turn token; the template's separator after it (ChatML's "\n") stays in
-    the input only, since generation stops at that token."""
+def _answer_labels(template: ChatTemplate, tokenizer: Any, answer: list[int]) -> tuple[list[int], list[int]]:
+    """(answer ids, their labels) for one answer span; an EOS is appended when the template has no end
+    marker. Trained: the answer through its end-of-turn token; the template's separator after it (ChatML's
+    "\n") stays in the input only, since generation stops at that token."""
     ends = {tokenizer.eos_token_id, template.end_token_id()} - {None}
     cut = max((j for j, t in enumerate(answer) if t in ends), default=None)
     if cut is None:
-        answer += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        answer = answer + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
         cut = len(answer) - 1
-    return answer[: cut + 1] + [IGNORE_INDEX] * (len(answer) - cut - 1)
+    return answer, answer[: cut + 1] + [IGNORE_INDEX] * (len(answer) - cut - 1)
 
 
 def _last_turn_only(template: ChatTemplate, tokenizer: Any, p_ids: list[int], f_ids: list[int]) -> Encoded:
     _check_prefix(template, tokenizer, p_ids, f_ids)
-    answer = f_ids[len(p_ids):]
-    labels = [IGNORE_INDEX] * len(p_ids) + _trained_answer(template, tokenizer, answer)
-    return Encoded(p_ids + answer, labels, last_turn_only=True)
+    answer, trained = _answer_labels(template, tokenizer, f_ids[len(p_ids):])
+    return Encoded(p_ids + answer, [IGNORE_INDEX] * len(p_ids) + trained, last_turn_only=True)
 
 
 def encode_turns(template: PromptStyle | ChatTemplate, tokenizer: Any, turns: Turns) -> Encoded:
