@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from safeft.errors import DataError
-from safeft.eval.refusal import KEYWORD_LISTS, NOT_A_REFUSAL, RULES_VERSION, keyword_judge, refusal_judge
+from safeft.eval.refusal import KEYWORD_LISTS, RULES_VERSION, keyword_judge, refusal_judge
 
 RULE_MARK = "(rule)"
 KEYWORD_MARK = "(keyword)"
 REFUSED_LABELS = {"2_full_refusal", "3_partial_refusal", "full_refusal", "partial_refusal", "refusal", "refused",
                   "true", "1", "yes"}
-NOT_A_REFUSAL_NAMES = tuple(NOT_A_REFUSAL)
 COMPLIED_LABELS = {"1_full_compliance", "full_compliance", "compliance", "complied", "false", "0", "no"}
 
 
@@ -36,7 +35,7 @@ class Judged:
     verdicts: dict[str, list[bool]] = field(default_factory=dict)
     labels: Optional[list[bool]] = None
     empty: int = 0
-    rules: list[str] = field(default_factory=list)  # the rule judge's deciding rule per item
+    rules: list[tuple[str, bool]] = field(default_factory=list)  # the rule judge's (deciding rule, refused)
 
 
 def parse_label(value, where: str) -> bool:
@@ -84,7 +83,7 @@ def judge_file(path: str, label_column: Optional[str] = None, completion_column:
     out = Judged(path, labels=labels if label_column else None, empty=sum(not c.strip() for c in completions))
     name, items, _ = refusal_judge(completions)
     out.verdicts[f"{name} {RULE_MARK}"] = [i["refusal"] for i in items]
-    out.rules = [i["refusal_rule"] for i in items]
+    out.rules = [(i["refusal_rule"], i["refusal"]) for i in items]
     for lst in KEYWORD_LISTS:
         name, items, _ = keyword_judge(completions, lst)
         out.verdicts[f"{name} {KEYWORD_MARK}"] = [i["keyword_refusal"] for i in items]
@@ -121,12 +120,11 @@ def _rule_table(labelled: list[Judged]) -> list[str]:
     lines = [f"Rule judge {RULES_VERSION} by deciding rule (human refusal share = labelled refusals / items):", "",
              "| file | rule | judged | items | human refusal share |", "|---|---|---|---|---|"]
     for f in labelled:
-        by: dict[str, list[bool]] = {}
-        for rule, lab in zip(f.rules, f.labels):
-            by.setdefault(rule, []).append(lab)
-        for rule, labs in sorted(by.items(), key=lambda kv: -len(kv[1])):
-            judged = "answer" if rule in ("none",) + NOT_A_REFUSAL_NAMES else "refusal"
-            share = sum(labs) / len(labs)
+        by: dict[tuple[str, bool], list[bool]] = {}
+        for decided, lab in zip(f.rules, f.labels):
+            by.setdefault(decided, []).append(lab)
+        for (rule, refused), labs in sorted(by.items(), key=lambda kv: -len(kv[1])):
+            judged, share = "refusal" if refused else "answer", sum(labs) / len(labs)
             lines.append(f"| {os.path.basename(f.path)} | {rule} | {judged} | {len(labs)} | {share:.3f} |")
     return lines + [""]
 
