@@ -9,7 +9,7 @@ memory leaves RSS. "stream" is safeft.export.export_from_engine (one unit gather
 a time; --shard-mb); "consolidated" is what it replaced: the full 16-bit state dict built first, then
 written (`_zero3_consolidated_16bit_state_dict` / `module.state_dict()` + save_torch_state_dict).
 
-`--offline` measures `safeft export CKPT OUT` instead: a 1-rank ZeRO-2 DeepSpeed checkpoint of the same
+`--offline` measures `safeft export CKPT OUT` instead: a 1-rank ZeRO-2 or ZeRO-3 checkpoint of the same
 model is written first (its own process, gloo, torch AdamW states), then "offline-full" (the old path:
 `get_fp32_state_dict_from_zero_checkpoint` materialised, cast to bf16, written) against "offline-lazy"
 (`safeft.export.export_checkpoint`: DeepSpeed's lazy mode, one tensor merged and written at a time).
@@ -34,6 +34,15 @@ def _kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+def _peak_mib(export) -> float:
+    """MiB that `export()` added to the peak RSS (VmHWM, reset first through clear_refs)."""
+    before = _kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    export()
+    return (_kib("VmHWM") - before) / 1024
+
+
 def child(size: str, mode: str, shard_mb: int, out_dir: str) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -44,22 +53,22 @@ def child(size: str, mode: str, shard_mb: int, out_dir: str) -> dict:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)  # fp32
     n = sum(p.numel() for p in model.parameters())
-    before = _kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    if mode == "stream":
-        from safeft.export import export_from_engine
 
-        export_from_engine(None, model, None, out_dir, {}, torch.bfloat16, 2, 0, max_shard_bytes=shard_mb * 2**20)
-    else:
-        from huggingface_hub import save_torch_state_dict
+    def export():
+        if mode == "stream":
+            from safeft.export import export_from_engine
 
-        state = {k: v.detach().to("cpu", torch.bfloat16).clone() for k, v in model.state_dict().items()}
-        os.makedirs(out_dir)
-        save_torch_state_dict(state, out_dir, max_shard_size=f"{shard_mb}MB")
-    peak = _kib("VmHWM") - before
+            export_from_engine(None, model, None, out_dir, {}, torch.bfloat16, 2, 0,
+                               max_shard_bytes=shard_mb * 2**20)
+        else:
+            from huggingface_hub import save_torch_state_dict
+
+            state = {k: v.detach().to("cpu", torch.bfloat16).clone() for k, v in model.state_dict().items()}
+            os.makedirs(out_dir)
+            save_torch_state_dict(state, out_dir, max_shard_size=f"{shard_mb}MB")
+
     return {"size": size, "params": n, "bf16_bytes": 2 * n, "mode": mode, "shard_mb": shard_mb,
-            "peak_mib": peak / 1024}
+            "peak_mib": _peak_mib(export)}
 
 
 def write_checkpoint(size: str, root: str, stage: int = 2) -> dict:
@@ -69,6 +78,7 @@ def write_checkpoint(size: str, root: str, stage: int = 2) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from safeft.io import write_json
+    from safeft.loss import CausalLMWithLoss
     from safeft.tiny import train_tokenizer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("BENCH_PORT", "29533"), RANK="0",
@@ -78,8 +88,6 @@ def write_checkpoint(size: str, root: str, stage: int = 2) -> dict:
     config = LlamaConfig(vocab_size=32000, hidden_size=s["hidden"], intermediate_size=s["intermediate"],
                          num_hidden_layers=s["layers"], num_attention_heads=8, num_key_value_heads=8)
     torch.manual_seed(0)
-    from safeft.loss import CausalLMWithLoss
-
     model = CausalLMWithLoss(LlamaForCausalLM(config))  # the module safeft train checkpoints
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ds = {"train_micro_batch_size_per_gpu": 1, "steps_per_print": 10**9,
@@ -124,22 +132,21 @@ def child_offline(mode: str, root: str, shard_mb: int, out_dir: str) -> dict:
 def _offline_export(mode: str, root: str, shard_mb: int, out_dir: str) -> dict:
     import torch
 
-    before = _kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    if mode == "offline-lazy":
-        from safeft.export import export_checkpoint
+    def export():
+        if mode == "offline-lazy":
+            from safeft.export import export_checkpoint
 
-        export_checkpoint(root, out_dir, "bfloat16", max_shard_bytes=shard_mb * 2**20)
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        from huggingface_hub import save_torch_state_dict
+            export_checkpoint(root, out_dir, "bfloat16", max_shard_bytes=shard_mb * 2**20)
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            from huggingface_hub import save_torch_state_dict
 
-        state = get_fp32_state_dict_from_zero_checkpoint(root, "global_step1")
-        state = {k: v.to(torch.bfloat16) for k, v in state.items()}
-        os.makedirs(out_dir)
-        save_torch_state_dict(state, out_dir, max_shard_size=f"{shard_mb}MB")
-    return {"mode": mode, "shard_mb": shard_mb, "peak_mib": (_kib("VmHWM") - before) / 1024}
+            state = get_fp32_state_dict_from_zero_checkpoint(root, "global_step1")
+            state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+            os.makedirs(out_dir)
+            save_torch_state_dict(state, out_dir, max_shard_size=f"{shard_mb}MB")
+
+    return {"mode": mode, "shard_mb": shard_mb, "peak_mib": _peak_mib(export)}
 
 
 def offline_rows(args, env) -> list[dict]:
@@ -160,8 +167,7 @@ def offline_rows(args, env) -> list[dict]:
                        **json.loads(out.stdout.strip().splitlines()[-1])}
                 rows.append(row)
                 print(f"{size:>5} {n / 1e6:7.1f}M params  ZeRO-{args.zero_stage}  bf16 {2 * n / 2**20:7.0f} MiB  "
-                      f"{mode:<13} "
-                      f"peak +{row['peak_mib']:7.0f} MiB (anonymous +{row['anon_peak_mib']:7.0f} MiB)", flush=True)
+                      f"{mode:<13} peak +{row['peak_mib']:7.0f} MiB (anonymous +{row['anon_peak_mib']:7.0f} MiB)", flush=True)
     return rows
 
 
