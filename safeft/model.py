@@ -14,6 +14,9 @@ from safeft.errors import SafeftError
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
+    from safeft.model_import import resolve_model
+
+    name_or_path = resolve_model(name_or_path)  # a GGUF file or a named default: its imported directory
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as e:
@@ -31,17 +34,24 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model_path(name_or_path: str, is_main: bool = True, barrier=None) -> str:
-    """`tiny:DIR` builds a tiny random Llama at DIR (rank 0 first, then the others); anything else as is."""
-    if not name_or_path.startswith(TINY_PREFIX):
-        return name_or_path
-    path = name_or_path[len(TINY_PREFIX):] or "runs/tiny-model"
-    if is_main:
-        from safeft.tiny import build_tiny_model_dir
+    """A directory `from_pretrained` loads: `tiny:DIR` builds a tiny random Llama at DIR; a GGUF file or a named
+    default (`smollm2-135m-instruct`) is imported once into the model cache (safeft.model_import). Rank 0 first,
+    then the others; anything else (a directory, a hub name) as is."""
+    from safeft.model_import import NAMED_MODELS, is_gguf, resolve_model
 
-        build_tiny_model_dir(path)
+    if name_or_path.startswith(TINY_PREFIX):
+        path = name_or_path[len(TINY_PREFIX):] or "runs/tiny-model"
+        if is_main:
+            from safeft.tiny import build_tiny_model_dir
+
+            build_tiny_model_dir(path)
+    elif name_or_path in NAMED_MODELS or is_gguf(name_or_path):
+        path = resolve_model(name_or_path) if is_main else None
+    else:
+        return name_or_path
     if barrier is not None:
         barrier()
-    return path
+    return path if path is not None else resolve_model(name_or_path)  # a cache hit on the other ranks
 
 
 def select_attention(requested: str, device_type: str) -> str:

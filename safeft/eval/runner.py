@@ -39,7 +39,10 @@ def evaluate(cfg: Config, models: Optional[list[str]] = None, out_dir: Optional[
     Raises GateError (after writing everything) when an `eval.gates` bound is breached.
     """
     ev = cfg.eval
-    models = list(models or ev.models or [os.path.join(cfg.run_dir, "export")])
+    from safeft.model_import import resolve_model
+
+    # GGUF files and named defaults evaluate as their imported directory (cached; replicas load that)
+    models = [resolve_model(m) for m in (models or ev.models or [os.path.join(cfg.run_dir, "export")])]
     out = out_dir or ev.output_dir or os.path.join(cfg.run_dir, "eval")
     unknown = [j for j in ev.judges if j not in KNOWN_JUDGES]
     if unknown:
