@@ -116,7 +116,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     zero_stage: Literal[2, 3] = 2
     offload: Literal["none", "optimizer", "all"] = "none"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
+    # auto: bf16 on GPUs that have it, else fp32. bf16-autocast: fp32 weights and optimizer, forward and backward
+    # matmuls in bf16 (torch.autocast); on CPU it needs native bf16 (AVX512-BF16 / AMX), where it is ~2x fp32
+    precision: Literal["auto", "bf16", "fp32", "bf16-autocast"] = "auto"
     deepspeed_config: Optional[str] = None  # a JSON in configs/deepspeed/; its "auto" values come from here
     seed: Union[int, list[int]] = grid_field(42)
     save_steps: int = 0  # 0: only at the end

@@ -127,6 +127,28 @@ def peak_flops_for(device_name: str) -> Optional[float]:
     return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX): only then is autocast faster."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(cfg, device):
+    """The context the forward runs in: torch.autocast to bf16 under train.precision bf16-autocast, else none.
+    Weights, gradients and the optimizer stay fp32 (DeepSpeed sees an fp32 model)."""
+    import contextlib
+
+    import torch
+
+    if cfg.train.precision != "bf16-autocast":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def use_bf16(cfg, supported: Optional[bool] = None) -> bool:
     """precision auto: bf16 on GPUs that have it, fp32 on CPU (exact, reproducible tests)."""
     p = cfg.train.precision
@@ -303,6 +325,9 @@ def check_train_config(cfg, world_size: int, has_bf16: Optional[bool] = None) ->
     supported = has_bf16 if has_bf16 is not None else bf16_supported()
     if tr.precision == "bf16" and not supported:
         problems.append("config key 'train.precision': bf16 requested but this device has no bf16; use auto or fp32")
+    if tr.precision == "bf16-autocast" and device_type() == "cpu" and not cpu_bf16_native():
+        problems.append("config key 'train.precision': bf16-autocast on a CPU without native bf16 (AVX512-BF16 or "
+                        "AMX) is slower than fp32; use fp32")
     if problems:
         raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
     return build_ds_config(cfg, world_size, bf16=use_bf16(cfg, supported))

@@ -97,10 +97,13 @@ class CausalLMWithLoss(nn.Module):
         if self.head is not None:
             # per-token losses (constrained SFT needs them for its weights): logits recomputed in backward
             return self.head(hidden, targets, None, "none")  # [B, T-1]
-        logits = self.lm_head(hidden).float()  # [B, T-1, V]
-        per_token = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                ignore_index=IGNORE_INDEX, reduction="none")  # [B*(T-1)]
-        return per_token.view(targets.shape)
+        # Logits only where there is a label: prompts (a third to a half of chat SFT tokens) never need the
+        # vocabulary projection, its fp32 softmax or their gradients. Same loss and gradients as the full logits.
+        mask = targets != IGNORE_INDEX  # [B, T-1]
+        logits = self.lm_head(hidden[mask]).float()  # [N, V], N = label tokens
+        per_token = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)  # [B, T-1]
+        per_token[mask] = nn.functional.cross_entropy(logits, targets[mask], reduction="none")
+        return per_token
 
     def _constrained_weights(self, ce: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
                              ref_logp: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,7 @@ class _Run:
     tokenizer: Any
     loader: Any
     sampler: Any
+    autocast: Any  # () -> the context the forward runs in (train.precision bf16-autocast)
     total_steps: int
     n_params: int
     fingerprint: Optional[str]
@@ -139,11 +140,13 @@ def _setup(cfg, env, device, ds_config) -> _Run:
     if constrained is not None:  # reference log-probs of the model before fine-tuning, once, cached
         from safeft.constrained import reference_loader
 
-        loader = reference_loader(cfg, model, rows, prepared, env, tokenizer.pad_token_id, sampler, dtype)
+        with dist.autocast(cfg, device):  # the reference runs in the precision the policy trains in
+            loader = reference_loader(cfg, model, rows, prepared, env, tokenizer.pad_token_id, sampler,
+                                      "bf16-autocast" if cfg.train.precision == "bf16-autocast" else dtype)
     if env.is_main:
         _write_checkpoint_meta(cfg, model, tokenizer, prepared.fingerprint)
-    return _Run(cfg, env, device, engine, model, tokenizer, loader, sampler, total, n_params,
-                prepared.fingerprint, keepalive, uses_varlen_kwargs(attn))
+    return _Run(cfg, env, device, engine, model, tokenizer, loader, sampler, lambda: dist.autocast(cfg, device),
+                total, n_params, prepared.fingerprint, keepalive, uses_varlen_kwargs(attn))
 
 
 def partition_summary(model) -> str:
@@ -310,7 +313,8 @@ def _step(r: _Run, micro_batches: list[dict], step: int) -> dict:
     loss_sum = torch.zeros((), dtype=torch.float64, device=r.device)
     for k, batch in enumerate(micro_batches):
         inputs = _to_device(batch, r.device, r.varlen)
-        summed, _ = r.engine(**inputs)
+        with r.autocast():
+            summed, _ = r.engine(**inputs)
         r.engine.backward(summed * scale)
         loss_sum += summed.detach().double()
         if k == accum - 1:
