@@ -57,6 +57,9 @@ class SourceConfig:
     csv_header: Optional[bool] = None  # None: detect
     limit: Optional[int] = None
     weight: float = 1.0
+    # The system prompt this source is trained under (a name or literal text), instead of template.train_system:
+    # one run can train some rows with a safety prompt and others without. chat-template train templates only.
+    system: Optional[str] = None
 
 
 @dataclass
@@ -142,7 +145,9 @@ class EvalTaskConfig:
     name: str = "gsm8k"  # see safeft/eval/names.py ALL_TASKS (gsm8k, advbench, hexphi, prefill, xstest, ...)
     path: Optional[str] = None  # local file or hub name; defaults per task; gsm8k: "synthetic" = generated
     split: Optional[str] = None
-    limit: Optional[int] = None
+    limit: Optional[int] = None  # the first N items
+    sample: Optional[int] = None  # N items evenly spaced over the file (after limit): covers sorted files' categories
+    label: Optional[Literal["safe", "unsafe"]] = None  # xstest: only the prompts with this label
     max_new_tokens: Optional[int] = None
     question_field: Optional[str] = None
     reference_field: Optional[str] = None
@@ -295,9 +300,11 @@ def _task_problems(tc: "EvalTaskConfig", check_data: bool = True) -> list[tuple[
         hint = f"; {OBTAIN[tc.name]}" if tc.name in OBTAIN else ""
         out.append(("path", f"task {tc.name!r} needs a dataset path (or put it in the shared data folder as "
                             f"{'/'.join(shared)}){hint}"))
-    check_limit = tc.limit is None or tc.limit > 0
-    if not check_limit:
-        out.append(("limit", f"{tc.limit}: expected a positive number of items"))
+    for key in ("limit", "sample"):
+        if getattr(tc, key) is not None and getattr(tc, key) < 1:
+            out.append((key, f"{getattr(tc, key)}: expected a positive number of items"))
+    if tc.label is not None and tc.name != "xstest":
+        out.append(("label", f"filters XSTest prompts by label; task {tc.name!r} has no labels"))
     if tc.max_new_tokens is not None and tc.max_new_tokens < 1:
         out.append(("max_new_tokens", f"{tc.max_new_tokens}: expected >= 1"))
     return out
@@ -344,6 +351,9 @@ def validate(cfg: Config, check_data: bool = True) -> Config:
     for i, src in enumerate(d.mixture):
         check(src.weight > 0, f"data.mixture[{i}].weight", f"{src.weight}: expected > 0")
         check(bool(src.path or src.preset), f"data.mixture[{i}]", "needs a 'path' or a 'preset'")
+        check(src.system is None or all(str(n).startswith("chat-template") for n in as_list(t.train)),
+              f"data.mixture[{i}].system", "a per-source system prompt needs template.train: chat-template "
+              "(the PTST styles have their system prompt built in)")
     for key, names in (("template.train", as_list(t.train)), ("template.test", cfg.test_templates)):
         for name in names:
             check(_known_template(name), key, f"unknown template {name!r}; see 'safeft render --list'")

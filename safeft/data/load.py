@@ -50,6 +50,7 @@ class Example:
     source: str  # the source's path, hub name or preset
     index: int  # 0-based row position in that source
     system: Optional[str] = None  # a leading system message of chat data, if any (kept for reference)
+    train_system: Optional[str] = None  # the source's own train system prompt (data.mixture[].system), else None
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Source:
     limit: Optional[int]
     weight: float = 1.0
     question_format: Optional[str] = None  # e.g. samsum's "Summarize this dialog:\n{q}"
+    system: Optional[str] = None  # mixture entries only: train under this system prompt (chat-template)
 
     @property
     def label(self) -> str:
@@ -87,6 +89,7 @@ def resolve_sources(data: Any) -> list[Source]:
             values["weight"] = entry.weight
             # A mixture entry names its own source: path/preset are not inherited from `data`.
             values["path"], values["preset"] = entry.path, entry.preset
+            values["system"] = entry.system
         src = Source(**values)
         preset = PRESETS.get(src.preset or "")
         if preset:
@@ -128,7 +131,7 @@ class _Rows:
             parsed = self._single(record, row)
         if parsed is not None:
             turns, system = parsed
-            self.examples.append(Example(turns, self.src.label, index, system))
+            self.examples.append(Example(turns, self.src.label, index, system, self.src.system))
 
     def _text(self, record: dict, field: str, row: str, answer: bool) -> Optional[str]:
         if field not in record or record[field] is None:
@@ -386,7 +389,7 @@ def source_identity(src: Source) -> dict:
     """What identifies a source's content for the cache key: file size + mtime, or hub name/config/split."""
     ident = {k: getattr(src, k) for k in ("path", "preset", "name", "split", "format", "question_field",
                                           "answer_field", "messages_field", "csv_header", "limit", "weight",
-                                          "question_format")}
+                                          "question_format", "system")}
     path = os.path.expanduser(src.path) if src.path else None
     if path and os.path.exists(path):
         files = [path] if os.path.isfile(path) else sorted(

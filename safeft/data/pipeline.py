@@ -110,17 +110,20 @@ def _previewed(ex: Example, job: dict) -> list[tuple[str, str]]:
 def _encode_shard(bounds: tuple[int, int]) -> dict:
     """Tokenise examples[lo:hi]; return flat int32 arrays of the kept ones and the length-policy counts."""
     job = _JOB
-    examples, template, tok = job["examples"][bounds[0]:bounds[1]], job["template"], job["tokenizer"]
+    examples, tok = job["examples"][bounds[0]:bounds[1]], job["tokenizer"]
+    templates = job["templates"]  # {source system prompt or None: template}
     turns = [_previewed(ex, job) for ex in examples]
-    single = [k for k, t in enumerate(turns) if len(t) == 1]
     encoded: list = [None] * len(examples)
-    if single:
-        batch = encode_single_batch(template, tok, [turns[k][0][0] for k in single], [turns[k][0][1] for k in single])
-        for k, enc in zip(single, batch):
-            encoded[k] = enc
+    for system, template in templates.items():  # batched tokenizer calls per template
+        single = [k for k, t in enumerate(turns) if len(t) == 1 and examples[k].train_system == system]
+        if single:
+            batch = encode_single_batch(template, tok, [turns[k][0][0] for k in single],
+                                        [turns[k][0][1] for k in single])
+            for k, enc in zip(single, batch):
+                encoded[k] = enc
     for k, t in enumerate(turns):
         if encoded[k] is None:
-            encoded[k] = encode_turns(template, tok, t)
+            encoded[k] = encode_turns(templates[examples[k].train_system], tok, t)
     counts: Counter = Counter()
     kept, ids, labels = [], [], []
     for k, enc in enumerate(encoded):
@@ -150,11 +153,25 @@ def _workers(num_proc: int, n: int) -> int:
     return max(1, min(procs, len(_shards(n))))
 
 
-def encode_all(examples: list[Example], template: Any, tokenizer: Any, cfg: Any) -> dict:
-    """Tokenise every example (in parallel processes when worth it) with a progress bar."""
+def train_templates(cfg: Any, tokenizer: Any, examples: list[Example]) -> dict:
+    """{source system prompt or None: template}: the run's train template, plus one per system prompt that a
+    mixture source sets for itself (data.mixture[].system)."""
+    from safeft.templates import get_template
+
+    out = {None: get_template(cfg.template.train, tokenizer=tokenizer, system=cfg.template.train_system)}
+    for system in sorted({ex.train_system for ex in examples if ex.train_system is not None}):
+        out[system] = get_template(cfg.template.train, tokenizer=tokenizer, system=system)
+    return out
+
+
+def encode_all(examples: list[Example], templates: Any, tokenizer: Any, cfg: Any) -> dict:
+    """Tokenise every example (in parallel processes when worth it) with a progress bar. `templates`: one
+    template, or {source system prompt or None: template} (train_templates)."""
     from tqdm.auto import tqdm
 
-    _JOB.update(examples=examples, template=template, tokenizer=tokenizer, lookahead=cfg.lookahead,
+    if not isinstance(templates, dict):
+        templates = {None: templates}
+    _JOB.update(examples=examples, templates=templates, tokenizer=tokenizer, lookahead=cfg.lookahead,
                 max_seq_len=cfg.data.max_seq_len, overlong=cfg.data.overlong)
     shards = _shards(len(examples))
     procs = _workers(cfg.data.num_proc, len(examples))
@@ -284,7 +301,6 @@ def prepare(cfg: Any, tokenizer: Any = None, out_dir: Optional[str] = None) -> P
     import datasets
 
     from safeft.io import atomic_path, write_json
-    from safeft.templates import get_template
 
     cfg = cfg.single("data prepare")
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
@@ -296,10 +312,9 @@ def prepare(cfg: Any, tokenizer: Any = None, out_dir: Optional[str] = None) -> P
         return hit
     log.info("preparing data into %s (fingerprint %s)", path, key)
     t0 = time.perf_counter()
-    template = get_template(cfg.template.train, tokenizer=tokenizer, system=cfg.template.train_system)
     skipped: Counter = Counter()
     examples = load_examples(cfg.data, skipped)
-    enc = encode_all(examples, template, tokenizer, cfg)
+    enc = encode_all(examples, train_templates(cfg, tokenizer, examples), tokenizer, cfg)
     if not len(enc["lengths"]):
         from safeft.errors import DataError
 

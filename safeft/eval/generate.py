@@ -305,6 +305,42 @@ class Engine:
         return out  # type: ignore[return-value]
 
 
+    # -- teacher-forced answer loss (the `answer-loss` task) ------------------------------------------
+    def answer_nll(self, prompts: list[list[int]], labels: list[list[int]],
+                   on_batch: Optional[Callable[[list[int], list[dict]], None]] = None) -> list[dict]:
+        """Per sequence, the summed negative log-likelihood of its label tokens (labels != -100, aligned with
+        the ids as the trainer's) and their count: the training loss, measured on held-out answers."""
+        import torch
+
+        out: list[Optional[dict]] = [None] * len(prompts)
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        head = self.model.get_output_embeddings()
+        for batch in budget_batches([len(p) for p in prompts], 0, self.batch_tokens, self.settings.max_batch_size):
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.pad, dtype=torch.long)  # [B, L] right-padded
+            target = torch.full((len(batch), width), -100, dtype=torch.long)  # [B, L]
+            mask = torch.zeros_like(ids)  # [B, L]
+            for row, i in enumerate(batch):
+                ids[row, :len(prompts[i])] = torch.tensor(prompts[i])
+                target[row, :len(prompts[i])] = torch.tensor(labels[i])
+                mask[row, :len(prompts[i])] = 1
+            with torch.no_grad():
+                hidden = backbone(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+                shifted = target[:, 1:].to(self.device)  # [B, L-1]: position t predicts token t+1
+                keep = shifted != -100  # [B, L-1]
+                logp = torch.log_softmax(head(hidden[:, :-1][keep]).float(), dim=-1)  # [N, V], N label tokens
+                nll = -logp.gather(1, shifted[keep][:, None])[:, 0]  # [N]
+                per_row = torch.zeros(len(batch), dtype=torch.float64, device=self.device)
+                per_row.index_add_(0, keep.nonzero()[:, 0], nll.double())  # [B]
+            counts = keep.sum(1).tolist()
+            results = [{"nll_sum": float(v), "label_tokens": int(c)} for v, c in zip(per_row.cpu(), counts)]
+            for i, r in zip(batch, results):
+                out[i] = r
+            if on_batch:
+                on_batch(batch, results)
+        return out  # type: ignore[return-value]
+
+
 class Throughput:
     """A tqdm bar per replica with generated tokens/s in its postfix."""
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 UTILITY_TASKS = ("gsm8k", "samsum", "generic")
 SAFETY_TASKS = ("advbench", "harmful-demo", "instructions", "directharm4", "gsm-danger", "prefill", "hexphi")
 REFUSAL_TASKS = ("xstest",)  # safe and unsafe prompts: refusal rates both ways (over-refusal)
-ALL_TASKS = UTILITY_TASKS + SAFETY_TASKS + REFUSAL_TASKS
+LOSS_TASKS = ("answer-loss",)  # teacher-forced loss on reference answers: no generation
+ALL_TASKS = UTILITY_TASKS + SAFETY_TASKS + REFUSAL_TASKS + LOSS_TASKS
 # Tasks that cannot run without a file the user (or the shared data folder) provides.
 NEEDS_PATH = ("generic", "instructions", "prefill", "hexphi", "xstest")
 
 
 def task_kind(name: str) -> str:
+    if name in LOSS_TASKS:
+        return "loss"
     return "utility" if name in UTILITY_TASKS else ("refusal" if name in REFUSAL_TASKS else "safety")
 
 
@@ -30,6 +33,7 @@ SAFETY_METRIC = "refusal_asr"
 # same splits as the hub's, and evaluation then needs no network.
 DEFAULT_PATHS = {
     "gsm8k": "openai/gsm8k",
+    "answer-loss": "openai/gsm8k",  # GSM8K test answers, teacher-forced
     "samsum": "Samsung/samsum",
     "directharm4": "vfleaking/DirectHarm4",
     "gsm-danger": "vfleaking/GSM-Danger",
@@ -42,6 +46,7 @@ OBTAIN = {
 OBTAIN["prefill"] = OBTAIN["hexphi"]
 SHARED_FILES = {
     "gsm8k": ("gsm8k", "test.jsonl"),
+    "answer-loss": ("gsm8k", "test.jsonl"),
     "samsum": ("samsum", "test.json"),
     "advbench": ("advbench", "harmful_behaviors.csv"),
     "hexphi": ("hexphi", "HEx-PHI.jsonl"),

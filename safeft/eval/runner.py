@@ -131,10 +131,14 @@ def _evaluate_model(cfg, model, tag, tasks, task_cfgs, settings, out):
             chat = canonical_name(name).startswith("chat-template")
             system = (tc.system if tc.system is not None else cfg.template.test_system) if chat else None
             template = get_template(name, tokenizer=tok, system=system)
+            job_dir = os.path.join(out, tag, f"{task.name}__{name.replace(':', '_')}")
+            if task.kind == "loss":  # teacher-forced: the training text and labels of each (question, answer)
+                jobs.append(answer_loss_job(job_dir, template, tok, task, model))
+                meta.append((task, tc, name, template, [""] * len(task.items)))
+                continue
             built = [build_prompt_ids(template, tok, it, tc.prefill_tokens) for it in task.items]
             prompts = [ids for ids, _ in built]
             fp = fingerprint(os.path.abspath(model), _model_stamp(model), settings.public(), task.max_new_tokens, prompts)
-            job_dir = os.path.join(out, tag, f"{task.name}__{name.replace(':', '_')}")
             jobs.append(Job(job_dir, prompts, "generate", task.max_new_tokens, fingerprint=fp))
             meta.append((task, tc, name, template, [p for _, p in built]))
     ev = cfg.eval
@@ -150,6 +154,17 @@ def _evaluate_model(cfg, model, tag, tasks, task_cfgs, settings, out):
     for job, (task, tc, name, template, prefills), lines, extra in zip(jobs, meta, merged, judged):
         rows.append(_score_and_write(cfg, model, tag, info, job, task, name, template, prefills, lines, extra, out))
     return rows, provenance, stats
+
+
+def answer_loss_job(job_dir: str, template: Any, tok: Any, task: Task, model: str) -> Job:
+    """The `answer-loss` job: each item tokenised exactly as the trainer does (prompt, answer, end of turn;
+    labels on the answer), so the loss is the training loss measured on held-out answers."""
+    from safeft.data.tokenize import encode_single_batch
+
+    enc = encode_single_batch(template, tok, task.questions, [it["reference"] for it in task.items])
+    prompts, labels = [e.input_ids for e in enc], [e.labels for e in enc]
+    fp = fingerprint(os.path.abspath(model), _model_stamp(model), "answer_nll", prompts, labels)
+    return Job(job_dir, prompts, "answer_nll", labels=labels, fingerprint=fp)
 
 
 def _classifier_judges(cfg, settings, jobs, meta, merged) -> list[list[tuple[str, list[dict], dict]]]:
@@ -179,6 +194,8 @@ def _classifier_judges(cfg, settings, jobs, meta, merged) -> list[list[tuple[str
 
 
 def _score_and_write(cfg, model, tag, info, job, task: Task, name, template, prefills, lines, extra, out) -> dict:
+    if task.kind == "loss":
+        return _write_answer_loss(model, tag, info, job, task, name, template, lines, out)
     completions = [line["completion"] for line in lines]
     results: list[tuple[str, list[dict], dict]] = []
     if task.kind == "utility":
@@ -225,6 +242,26 @@ def _score_and_write(cfg, model, tag, info, job, task: Task, name, template, pre
     return {"model": model, "model_tag": tag, "task": task.name, "kind": task.kind, "template": name,
             "train_template": _train_template(info), "system": getattr(template, "system", None),
             "n": len(records), "length_stops": length_stops, "metrics": metrics,
+            "predictions": os.path.relpath(pred_path, out)}
+
+
+def _write_answer_loss(model, tag, info, job, task: Task, name, template, lines, out) -> dict:
+    """answer_loss = mean over items of each answer's mean token NLL (items weigh alike, for intervals over
+    items); answer_loss_tokens = the token-weighted mean, as the trainer's loss is."""
+    records = []
+    for k, (it, line) in enumerate(zip(task.items, lines)):
+        nll = line["nll_sum"] / max(line["label_tokens"], 1)
+        records.append({"index": k, "question": it["question"], "prompt": template.prompt(it["question"]),
+                        "reference": it["reference"], "scores": {"nll": nll, "tokens": line["label_tokens"]}})
+    n_tokens = sum(line["label_tokens"] for line in lines)
+    metrics = {"answer_loss": sum(r["scores"]["nll"] for r in records) / max(len(records), 1),
+               "answer_loss_tokens": sum(line["nll_sum"] for line in lines) / max(n_tokens, 1)}
+    pred_path = job.dir + ".jsonl"
+    write_text(pred_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return {"model": model, "model_tag": tag, "task": task.name, "kind": task.kind, "template": name,
+            "train_template": _train_template(info), "system": getattr(template, "system", None),
+            "n": len(records), "length_stops": 0,
+            "metrics": {k: {"value": v, "judge": "reference:teacher-forced"} for k, v in metrics.items()},
             "predictions": os.path.relpath(pred_path, out)}
 
 

@@ -101,7 +101,8 @@ UTILITY_SCORERS = {"gsm8k": score_gsm8k, "samsum": score_rouge1, "generic": scor
 # The metric names each scorer reports (checked against the scorers by a test), for validating gates early.
 UTILITY_METRICS = {"gsm8k": ("exact_match_strict", "exact_match_flexible", "exact_match_lookahead"),
                    "samsum": ("rouge1",),
-                   "generic": ("exact_match", "contains")}
+                   "generic": ("exact_match", "contains"),
+                   "answer-loss": ("answer_loss", "answer_loss_tokens")}  # scored in safeft.eval.runner
 
 
 def _mean(values) -> float:

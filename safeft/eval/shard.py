@@ -36,9 +36,10 @@ class InjectedFault(RuntimeError):
 class Job:
     dir: str
     prompts: list[list[int]]
-    mode: str = "generate"  # generate | next_token
+    mode: str = "generate"  # generate | next_token | answer_nll
     max_new: int = 0
     token_ids: list[int] = field(default_factory=list)  # next_token: report these tokens' probabilities
+    labels: list[list[int]] = field(default_factory=list)  # answer_nll: per prompt, -100 where no loss
     fingerprint: str = ""
 
     def __post_init__(self):
@@ -121,6 +122,8 @@ def run_replica(model_path: str, settings, jobs: list[Job], rank: int, world: in
             prompts = [job.prompts[i] for i in missing]
             if job.mode == "generate":
                 engine.generate(prompts, job.max_new, on_batch=write)
+            elif job.mode == "answer_nll":
+                engine.answer_nll(prompts, [job.labels[i] for i in missing], on_batch=write)
             else:
                 engine.next_token_probs(prompts, job.token_ids, on_batch=write)
     bar.close()

@@ -50,11 +50,23 @@ def load_task(tc: EvalTaskConfig, default_max_new: int = 512) -> Task:
         raise ConfigError(f"config key 'eval.tasks[].name': unknown task {name!r}; known: {', '.join(ALL_TASKS)}")
     path = tc.path or _shared_default(name) or DEFAULT_PATHS.get(name)
     items, source = _LOADERS[name](tc, path)
+    if tc.label is not None:
+        items = [it for it in items if it.get("label") == tc.label]
     if tc.limit is not None:
         items = items[: tc.limit]
+    if tc.sample is not None:
+        items = evenly_spaced(items, tc.sample)
     if not items:
         raise DataError(f"task {name!r}: {source} holds no items")
     return Task(name, task_kind(name), items, tc.max_new_tokens or default_max_new, source)
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    """n items at evenly spaced positions, in file order (all of them when there are no more than n).
+    Deterministic, and spread over files sorted by category or type (HEx-PHI, XSTest, AdvBench)."""
+    if n >= len(items):
+        return list(items)
+    return [items[(k * len(items)) // n] for k in range(n)]
 
 
 def _shared_default(name: str) -> Optional[str]:
@@ -213,7 +225,16 @@ def _xstest(tc: EvalTaskConfig, path: Optional[str]):
     return items, path
 
 
+def _answer_loss(tc: EvalTaskConfig, path: Optional[str]):
+    """(question, answer) rows whose answers are scored teacher-forced (GSM8K test by default)."""
+    rows = read_rows(path, tc.split or "test") if path else []
+    q, r = tc.question_field or "question", tc.reference_field or "answer"
+    return [{"question": _field(x, q, f"{path} row {i}"), "reference": _field(x, r, f"{path} row {i}")}
+            for i, x in enumerate(rows)], path
+
+
 _LOADERS = {
+    "answer-loss": _answer_loss,
     "gsm8k": _gsm8k, "samsum": _samsum, "generic": _generic, "advbench": _advbench,
     "harmful-demo": _harmful_demo, "instructions": _instructions, "directharm4": _instructions,
     "gsm-danger": _instructions, "prefill": _prefill, "hexphi": _instructions, "xstest": _xstest,

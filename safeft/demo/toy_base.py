@@ -1,4 +1,4 @@
-"""The demo's tiny aligned chat model: built in-process through safeft's own trainer, cached by its recipe.
+"""The toy demo's tiny aligned chat model: built in-process through safeft's own trainer, cached by its recipe.
 
     path = build_base("runs/demo/base")          # cached: a second call returns at once
     path = build_base(..., rebuild=True)          # `safeft demo --rebuild-base`
@@ -13,7 +13,7 @@ Recipe (RECIPE below, every number of it in the cache key):
      task is partly known before fine-tuning, as GSM8K is to Llama-2-chat);
    - generic copying tasks (repeat a sentence / words), so the model can copy from its prompt: LookAhead
      assumes a pretrained model that does;
-   - harmful requests with natural refusals (safeft.data.synthetic, training topics only), more of them
+   - harmful requests with natural refusals (safeft.demo.alignment, training topics only), more of them
      under `chat:llama` than under `chat:vanilla`: refusals lean partly on the safety system prompt, as
      Llama-2-chat's do (PTST's premise).
 The held-out harmful prompts (unseen topics and phrasings) and the held-out arithmetic are never trained on.
@@ -21,7 +21,6 @@ The held-out harmful prompts (unseen topics and phrasings) and the held-out arit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -49,22 +48,11 @@ ARITH_HELDOUT_SEED = 99  # demo utility eval; its questions are removed from eve
 EXAMPLES_PER_STEP = 40   # generous upper bound of examples per optimizer step (packed rows x docs per row)
 
 
-# The code that decides the base's weights, besides the recipe: the data it is trained on, the model it
-# starts from, and the trainer. A change to any of these makes a new base (an edit of a comment too: a
-# rebuild costs minutes, a stale base would cost a wrong demo).
-BASE_SOURCES = ("safeft/demo_base.py", "safeft/data/synthetic.py", "safeft/tiny.py", "safeft/model.py",
-                "safeft/templates.py", "safeft/lookahead.py", "safeft/loss.py", "safeft/data/tokenize.py",
-                "safeft/data/pack.py", "safeft/data/pipeline.py", "safeft/train/loop.py", "safeft/train/schedule.py")
-
-
 def recipe_key(recipe: dict = RECIPE) -> str:
-    """The cache key: a hash of the recipe and of the source of BASE_SOURCES."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    digest = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode())
-    for rel in BASE_SOURCES:
-        with open(os.path.join(root, rel), "rb") as f:
-            digest.update(rel.encode() + b"\0" + f.read())
-    return digest.hexdigest()[:12]
+    """The cache key: the recipe and the package source a build runs (safeft.demo.cache)."""
+    from safeft.demo.cache import recipe_key as key
+
+    return key({"demo": "toy", **recipe})
 
 
 def heldout_arithmetic(n: int, recipe: dict = RECIPE) -> list[dict]:
@@ -85,7 +73,7 @@ def task_problems(n: int, seed: int, kinds=(0, 1, 2, 3), recipe: dict = RECIPE, 
 
 
 def stage_examples(n: int, refusal_share: float, copy_share: float, seed: int, recipe: dict = RECIPE) -> list[dict]:
-    from safeft.data.synthetic import copy_examples, refusal_examples
+    from safeft.demo.alignment import copy_examples, refusal_examples
 
     n_ref, n_copy = int(n * refusal_share), int(n * copy_share)
     rows = (refusal_examples(n_ref, seed) + copy_examples(n_copy, seed + 1)
