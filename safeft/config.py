@@ -143,6 +143,9 @@ class TrainConfig:
 @dataclass
 class EvalTaskConfig:
     name: str = "gsm8k"  # see safeft/eval/names.py ALL_TASKS (gsm8k, advbench, hexphi, prefill, xstest, ...)
+    # The name of this task's outputs, summary rows and gates (default: name): one kind of task on two
+    # datasets (gsm8k on GSM8K test and on generated arithmetic) needs two ids.
+    id: Optional[str] = None
     path: Optional[str] = None  # local file or hub name; defaults per task; gsm8k: "synthetic" = generated
     split: Optional[str] = None
     limit: Optional[int] = None  # the first N items
@@ -392,10 +395,16 @@ def validate(cfg: Config, check_data: bool = True) -> Config:
     from safeft.eval.gates import gate_problems
 
     problems += _judge_problems(ev)
+    ids: dict[str, str] = {}  # task id -> task name
     for i, task in enumerate(ev.tasks):
         problems += [f"config key 'eval.tasks[{i}].{key}': {msg}" for key, msg in _task_problems(task, check_data)]
+        tid = task.id or task.name
+        check(tid not in ids and "/" not in tid, f"eval.tasks[{i}].id",
+              f"{tid!r} is {'used by another task' if tid in ids else 'not a plain name'}: give each task its own id")
+        ids[tid] = task.name
     for metric, bound in ev.gates.items():
-        for problem in gate_problems(metric, bound, [task.name for task in ev.tasks]):
+        tid, dot, rest = metric.partition(".")  # a gate names a task by its id; its metrics are the kind's
+        for problem in gate_problems(f"{ids.get(tid, tid)}{dot}{rest}", bound, list(ids.values())):
             problems.append(f"config key 'eval.gates.{metric}': {problem}")
     check(ray.num_workers >= 1, "ray.num_workers", "expected >= 1")
     check(ray.max_failures >= -1, "ray.max_failures", "expected >= -1 (-1 = retry forever)")

@@ -171,16 +171,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set dotted keys in a raw config dict (before conversion, so type errors name the key)."""
     for text in overrides or []:
         parts, value = parse_override(text)
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{'.'.join(parts[: i + 1])}' is not a section")
-            node = child
-        node[parts[-1]] = value
+        set_in_dict(data, parts, value, f"override {text!r}")
     return data
+
+
+def set_in_dict(data: dict, parts: list[str], value: Any, what: str) -> None:
+    """data[parts[0]][parts[1]]... = value in a raw config dict, creating missing sections."""
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def grid_fields(cls: type, prefix: str = "") -> list[str]:

@@ -52,3 +52,10 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> str:
+    """A matplotlib figure as a PNG at `path`, written atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    return str(path)

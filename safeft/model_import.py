@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass

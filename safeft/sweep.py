@@ -68,15 +68,17 @@ def sweep_dir(cfg: Config) -> str:
 
 
 def explicit_points(cfg: Config, points: dict[str, dict]) -> list[tuple[str, dict, Config]]:
-    """Named runs given as dotted-key overrides of a grid-free `cfg` (e.g. the demo's variants), not a grid."""
-    from safeft.configtools import set_dotted as _set
+    """Named runs given as dotted-key overrides of a grid-free `cfg` (e.g. the demo's variants), not a grid.
+    Each run's config is rebuilt from the overridden dict, so values are typed and validated as in a file."""
+    from safeft.configtools import set_in_dict
 
+    base = cfg.single("sweep with named runs").to_dict()
     out = []
     for label, point in points.items():
-        run_cfg = copy.deepcopy(cfg.single("sweep --variants"))
+        data = copy.deepcopy(base)
         for key, value in point.items():
-            _set(run_cfg, key, value)
-        out.append((label, point, validate(run_cfg)))
+            set_in_dict(data, key.split("."), copy.deepcopy(value), f"run {label!r} key {key!r}")
+        out.append((label, point, config_from_dict(data)))
     return out
 
 

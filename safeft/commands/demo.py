@@ -1,22 +1,27 @@
-"""`safeft demo [--out DIR] [--quick] [--seeds N] [--rebuild-base]`: the main job on the embedded default (see safeft/demo.py)."""
+"""`safeft demo [--demo smollm2|toy] [--out DIR] [--quick] [--seeds N] [--rebuild-base]` (see safeft/demo/)."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the whole flow on CPU: tiny model, PTST + LookAhead, Ray, eval, report")
+    from safeft.demo import DEMOS
+
+    p = sub.add_parser("demo", help="the main job on CPU: SmolLM2-135M-Instruct aligned, fine-tuned (Ray, DeepSpeed), "
+                                    "evaluated; --demo toy: the mechanics on a tiny model in minutes")
+    p.add_argument("--demo", choices=DEMOS, default="smollm2",
+                   help="smollm2 (default): the real chat model; toy: a tiny model trained from scratch, mechanics only")
     p.add_argument("--out", default="runs", help="output directory (default runs/)")
-    p.add_argument("--quick", action="store_true", help="fewer steps and prompts (the CI end-to-end test)")
+    p.add_argument("--quick", action="store_true", help="a few steps and prompts: the path, not the numbers (tests)")
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per variant (intervals then cover seeds)")
     p.add_argument("--rebuild-base", action="store_true", help="rebuild the cached aligned base model")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of configs/examples/demo.yaml")
+                   help="override a key of the demo's fine-tuning config (configs/demo/smollm2.yaml or toy.yaml)")
     p.set_defaults(func=_demo)
 
 
 def _demo(args) -> int:
     from safeft.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, extra_overrides=args.overrides, seeds=args.seeds,
+    run_demo(args.demo, args.out, quick=args.quick, extra_overrides=args.overrides, seeds=args.seeds,
              rebuild_base=args.rebuild_base)
     return 0

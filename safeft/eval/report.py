@@ -11,7 +11,7 @@ import os
 from collections import defaultdict
 
 from safeft.errors import SafeftError
-from safeft.io import read_json, write_text
+from safeft.io import read_json, save_figure, write_text
 
 UTILITY_KEYS = ("exact_match_strict", "rouge1", "exact_match", "exact_match_flexible", "contains")
 REFUSAL_KEYS = ("over_refusal_rate", "unsafe_refusal_rate")  # XSTest: lower / higher is better
@@ -143,7 +143,7 @@ def plot_heatmaps(rows: list[dict], out_dir: str) -> list[str]:
                     ax.text(j, i, f"{mat[i, j]:.3g}", ha="center", va="center", color="white", fontsize=9)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        paths.append(_save(fig, os.path.join(out_dir, f"heatmap_{col.replace('/', '_')}.png")))
+        paths.append(save_figure(fig, os.path.join(out_dir, f"heatmap_{col.replace('/', '_')}.png")))
         plt.close(fig)
     return paths
 
@@ -185,7 +185,7 @@ def plot_scatter(rows: list[dict], out_dir: str) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
-    path = _save(fig, os.path.join(out_dir, "safety_vs_utility.png"))
+    path = save_figure(fig, os.path.join(out_dir, "safety_vs_utility.png"))
     plt.close(fig)
     return path
 
@@ -244,7 +244,7 @@ def plot_two_sided(rows: list[dict], out_dir: str) -> str | None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = _save(fig, os.path.join(out_dir, "two_sided.png"))
+    path = save_figure(fig, os.path.join(out_dir, "two_sided.png"))
     plt.close(fig)
     return path
 
@@ -256,14 +256,6 @@ def _limits(values: list[float], rate: bool) -> tuple[float, float]:
     pad = max(0.05, 0.1 * (hi - lo))
     lo, hi = lo - pad, hi + pad
     return (max(lo, -0.02), min(hi, 1.02)) if rate else (lo, hi)
-
-
-def _save(fig, path: str) -> str:
-    from safeft.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    return path
 
 
 def write_report(run_dirs: list[str], out_dir: str) -> dict:

@@ -131,7 +131,7 @@ def _evaluate_model(cfg, model, tag, tasks, task_cfgs, settings, out):
             chat = canonical_name(name).startswith("chat-template")
             system = (tc.system if tc.system is not None else cfg.template.test_system) if chat else None
             template = get_template(name, tokenizer=tok, system=system)
-            job_dir = os.path.join(out, tag, f"{task.name}__{name.replace(':', '_')}")
+            job_dir = os.path.join(out, tag, f"{task.id}__{name.replace(':', '_')}")
             if task.kind == "loss":  # teacher-forced: the training text and labels of each (question, answer)
                 jobs.append(answer_loss_job(job_dir, template, tok, task, model))
                 meta.append((task, tc, name, template, [""] * len(task.items)))
@@ -239,7 +239,8 @@ def _score_and_write(cfg, model, tag, info, job, task: Task, name, template, pre
     write_text(pred_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     # A generation cut by max_new_tokens is scored as it stands (often wrong): count them per task/template.
     length_stops = sum(r["stop"] == "length" for r in records)
-    return {"model": model, "model_tag": tag, "task": task.name, "kind": task.kind, "template": name,
+    return {"model": model, "model_tag": tag, "task": task.id, "task_name": task.name, "kind": task.kind,
+            "template": name,
             "train_template": _train_template(info), "system": getattr(template, "system", None),
             "n": len(records), "length_stops": length_stops, "metrics": metrics,
             "predictions": os.path.relpath(pred_path, out)}
@@ -258,7 +259,8 @@ def _write_answer_loss(model, tag, info, job, task: Task, name, template, lines,
                "answer_loss_tokens": sum(line["nll_sum"] for line in lines) / max(n_tokens, 1)}
     pred_path = job.dir + ".jsonl"
     write_text(pred_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return {"model": model, "model_tag": tag, "task": task.name, "kind": task.kind, "template": name,
+    return {"model": model, "model_tag": tag, "task": task.id, "task_name": task.name, "kind": task.kind,
+            "template": name,
             "train_template": _train_template(info), "system": getattr(template, "system", None),
             "n": len(records), "length_stops": 0,
             "metrics": {k: {"value": v, "judge": "reference:teacher-forced"} for k, v in metrics.items()},
@@ -299,7 +301,7 @@ def _summary(cfg, rows, provenance, stats, tasks, settings) -> dict:
         "rows": rows,
         "provenance": {
             "models": provenance,
-            "tasks": [{"name": t.name, "kind": t.kind, "source": t.source, "n": len(t.items),
+            "tasks": [{"name": t.name, "id": t.id, "kind": t.kind, "source": t.source, "n": len(t.items),
                        "max_new_tokens": t.max_new_tokens} for t in tasks],
             "generation": {**settings.public(), "engine": cfg.eval.engine, "batch_tokens": cfg.eval.batch_tokens,
                            "replicas": cfg.eval.replicas, "backend": cfg.eval.backend},

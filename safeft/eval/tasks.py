@@ -32,11 +32,15 @@ SYNTHETIC = "synthetic"  # gsm8k task path: generated problems, no files needed
 
 @dataclass
 class Task:
-    name: str
-    kind: str  # utility | safety
+    name: str  # the kind of task (gsm8k, advbench, ...): how it is loaded and scored
+    kind: str  # utility | safety | refusal | loss
     items: list[dict] = field(default_factory=list)
     max_new_tokens: int = 512
     source: str = ""
+    id: str = ""  # what its outputs and summary rows are called (eval.tasks[].id, default name)
+
+    def __post_init__(self):
+        self.id = self.id or self.name
 
     @property
     def questions(self) -> list[str]:
@@ -58,7 +62,7 @@ def load_task(tc: EvalTaskConfig, default_max_new: int = 512) -> Task:
         items = evenly_spaced(items, tc.sample)
     if not items:
         raise DataError(f"task {name!r}: {source} holds no items")
-    return Task(name, task_kind(name), items, tc.max_new_tokens or default_max_new, source)
+    return Task(name, task_kind(name), items, tc.max_new_tokens or default_max_new, source, tc.id or name)
 
 
 def evenly_spaced(items: list, n: int) -> list:

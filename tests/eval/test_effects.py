@@ -3,7 +3,10 @@
 import json
 import os
 
-from safeft.eval.effects import EFFECT_KEYS, METRICS, write_effects
+from safeft.demo.toy import COLUMNS, COMPARISONS, METRICS
+from safeft.eval.effects import EFFECT_KEYS, write_effects
+
+KINDS = {"instructions": "safety", "prefill": "safety", "gsm8k": "utility", "answer-loss": "loss"}
 
 
 def _eval_dir(root, name, rates: dict) -> str:
@@ -16,8 +19,10 @@ def _eval_dir(root, name, rates: dict) -> str:
         with open(os.path.join(d, pred), "w") as f:
             for i, flag in enumerate(flags):
                 scores = {"strict": float(flag)} if task == "gsm8k" else {"refusal": not flag}
+                if task == "answer-loss":
+                    scores = {"nll": flag, "tokens": 10}
                 f.write(json.dumps({"index": i, "scores": scores}) + "\n")
-        rows.append({"task": task, "template": template, "predictions": pred})
+        rows.append({"task": task, "kind": KINDS[task], "template": template, "predictions": pred})
     with open(os.path.join(d, "summary.json"), "w") as f:
         json.dump({"rows": rows}, f)
     return d
@@ -35,12 +40,14 @@ def test_effects_file_schema_and_readings(tmp_path):
                {"variant": "vanilla-safe", "train_template": L, "eval_dirs": [safe]},
                {"variant": "ptst", "train_template": V, "eval_dirs": [van], "test_templates": [L]},
                {"variant": "vanilla", "train_template": V, "eval_dirs": [van], "test_templates": [V]}]
-    out = write_effects(entries, str(tmp_path / "report"), ["base", "vanilla-safe", "vanilla", "ptst"])
+    out = write_effects(entries, str(tmp_path / "report"), ["base", "vanilla-safe", "vanilla", "ptst"], METRICS,
+                        COMPARISONS, COLUMNS, L, "a title", extra={"model": "tiny"})
 
     effects = json.loads((tmp_path / "report" / "effects.json").read_text())
     assert isinstance(effects, list) and effects
     for x in effects:
-        assert set(EFFECT_KEYS) <= set(x) and x["metric"] in METRICS
+        assert set(EFFECT_KEYS) <= set(x) and (x["metric"], x["dataset"]) in METRICS.values()
+        assert x["model"] == "tiny"
         assert x["ci95"][0] <= x["mean"] <= x["ci95"][1] and x["n"] == 20
     get = {(x["variant"], x["test_template"], x["metric"]): x for x in effects}
     assert get[("vanilla-safe", L, "harmful_rate")]["mean"] == 0.6
@@ -51,3 +58,17 @@ def test_effects_file_schema_and_readings(tmp_path):
     assert readings["fine-tuning raises utility (vanilla over base)"].startswith("not detected")
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Verdict" in text and "Did NOT appear" in text and "n=20" in text
+
+
+def test_a_loss_is_reported_as_a_loss_and_compared_lower_is_better(tmp_path):
+    from safeft.eval.effects import Comparison
+
+    L = "chat:llama"
+    base = _eval_dir(tmp_path, "base", {("answer-loss", L): [1.5] * 10})
+    tuned = _eval_dir(tmp_path, "tuned", {("answer-loss", L): [1.0] * 10})
+    entries = [{"variant": "base", "eval_dirs": [base]}, {"variant": "tuned", "eval_dirs": [tuned]}]
+    claim = Comparison("loss falls", "answer_loss", "gsm8k", ("base", L), ("tuned", L))
+    out = write_effects(entries, str(tmp_path / "r"), ["base", "tuned"], {"answer-loss": ("answer_loss", "gsm8k")},
+                        [claim], [("answer_loss", "gsm8k", "answer loss")], L, "t")
+    assert out["comparisons"][0]["reading"] == "appeared" and out["comparisons"][0]["difference"] == 0.5
+    assert "1.500 [1.500, 1.500]" in out["tables"].results and "+0.500" in out["tables"].comparisons

