@@ -43,11 +43,18 @@ bench: venv
 	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/data_pipeline.py
 
-# Runs with the machine's own python3 (a GPU image brings torch/transformers/triton; .whl/ the rest, see
-# bench/gpu_wheels.sh), not .venv: results go to $OUT when set, else runs/gpu-check/.
-GPU_CHECK_PY ?= python3
+# The python that runs it: GPU_CHECK_PY when set; else .venv's when it exists (a CPU machine: a CPU smoke run);
+# else the machine's python3 when it has torch (a GPU image brings torch/transformers/triton, .whl/ the rest,
+# see bench/gpu_wheels.sh); else .venv is made first. Results go to $OUT when set, else runs/gpu-check/.
+GPU_CHECK_PY ?=
 gpu-check:
-	env -u DS_ACCELERATOR $(GPU_CHECK_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
+	@py="$(GPU_CHECK_PY)"; \
+	if [ -z "$$py" ] && [ -x $(PY) ]; then py=$(PY); fi; \
+	if [ -z "$$py" ] && python3 -c "import torch" 2>/dev/null; then py=python3; fi; \
+	if [ -z "$$py" ]; then echo "gpu-check: no $(PY) and no torch in python3: making $(VENV) first"; \
+		$(MAKE) --no-print-directory venv || exit 1; py=$(PY); fi; \
+	echo "gpu-check: $$py bench/gpu_check.py $(GPU_CHECK_ARGS)"; \
+	env -u DS_ACCELERATOR "$$py" bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .cache .pytest_cache
