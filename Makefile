@@ -26,11 +26,13 @@ $(VENV)/.installed: setup.py
 
 venv: $(VENV)/.installed
 
+# -rs: every skip's reason; the last lines count skips for missing shared data and for missing CUDA
+# (tests/skip_report.py). SAFEFT_REQUIRE_SHARED_DATA=1 (.ci/run) fails a shared-data skip where the data is.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -rs -m "not slow" tests
 
 demo: venv
 	$(VENV)/bin/safeft demo

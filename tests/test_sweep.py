@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, SHARED_DATA, have_shared_data
+from helpers import ADVBENCH, GSM8K_TEST, GSM8K_TRAIN, REPO, SAMSUM_TEST, have_shared_data, skip_without_shared
 from ray_cluster import cluster  # noqa: F401  (module fixture)
 from safeft.config import config_from_dict, load_config
 from safeft.io import write_json
@@ -80,7 +80,7 @@ def test_every_config_passes_config_check(path, shared_data_with_hexphi):
     proc = subprocess.run([sys.executable, "-m", "safeft", "config", "check", str(path)],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     if proc.returncode != 0 and "shared data folder" in proc.stderr and not have_shared_data():
-        pytest.skip(f"needs the shared data files ({SHARED_DATA} not found)")
+        skip_without_shared(GSM8K_TRAIN, GSM8K_TEST, SAMSUM_TEST, ADVBENCH)
     assert proc.returncode == 0, proc.stderr
     assert ": ok" in proc.stdout
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from helpers import GSM8K_TRAIN, REAL_TOKENIZERS, SAMSUM_TEST, shared_tokenizer_or_skip
+from helpers import GSM8K_TRAIN, REAL_TOKENIZERS, SAMSUM_TEST, shared_tokenizer_or_skip, skip_without_shared
 from safeft.config import config_from_dict
 from safeft.data import pipeline
 from safeft.data.load import load_examples
@@ -49,8 +49,7 @@ def doc_lengths(tok, source: str, mode: str, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_TOKENIZERS)
 def test_rows_reach_the_lower_bound(name, tmp_path):
-    if not (GSM8K_TRAIN.is_file() and SAMSUM_TEST.is_file()):
-        pytest.skip(f"shared GSM8K / SAMSum not found ({GSM8K_TRAIN}, {SAMSUM_TEST})")
+    skip_without_shared(GSM8K_TRAIN, SAMSUM_TEST)
     tok = load_tokenizer(shared_tokenizer_or_skip(name))
     for source in SOURCES:
         for mode in ("none", "real", "virtual"):
@@ -68,8 +67,7 @@ def test_rows_reach_the_lower_bound(name, tmp_path):
 @pytest.mark.slow
 def test_prepared_llama2_gsm8k_rows_hold_every_document_intact(tmp_path):
     """The configuration issue 14 measured (785 rows where the bound is 777): the pipeline's own rows reach 777."""
-    if not GSM8K_TRAIN.is_file():
-        pytest.skip(f"shared GSM8K not found ({GSM8K_TRAIN})")
+    skip_without_shared(GSM8K_TRAIN)
     tok = load_tokenizer(shared_tokenizer_or_skip("llama2"))
     cfg = config_from_dict({"model": {"name_or_path": "unused"}, "lookahead": {"mode": "real"},
                             "data": {"path": str(GSM8K_TRAIN), "max_seq_len": 2048, "num_proc": 2,
