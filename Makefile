@@ -9,22 +9,33 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The CPU wheel of torch; a machine that already has torch in .venv keeps it (GPU clusters bring their own).
+# PyPI's torch on x86-64 Linux is the CUDA build (several GB of nvidia-* wheels): where pip would install it
+# on a machine without an NVIDIA GPU, the preflight adds the PyTorch CPU wheel index (TORCH_INDEX= never does).
 TORCH_CPU ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: venv test test-fast demo demo-seeds bench gpu-check clean
+.PHONY: venv doctor test test-fast demo demo-seeds bench gpu-check clean
 
+# The preflight (safeft/doctor.py, standard library only) checks the compiler, venv support and disk before
+# anything is installed, and says which torch build pip would install before it does.
 $(VENV)/.installed: setup.py
+	$(PYTHON) -m safeft.doctor --only python,venv,compiler,disk --venv $(VENV)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_CPU)"
+	$(PY) -c "import torch" 2>/dev/null || { \
+		args=$$($(PY) -m safeft.doctor --torch-pip-args --torch "$(TORCH_CPU)" --torch-index "$(TORCH_INDEX)") && \
+		$(PIP) install -q $$args; }
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
 venv: $(VENV)/.installed
+
+doctor:
+	$(PYTHON) -m safeft.doctor --venv $(VENV) --torch "$(TORCH_CPU)" --torch-index "$(TORCH_INDEX)"
 
 # -rs: every skip's reason; the last lines count skips for missing shared data and for missing CUDA
 # (tests/skip_report.py). SAFEFT_REQUIRE_SHARED_DATA=1 (.ci/run) fails a shared-data skip where the data is.

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "safeft.commands.sweep",
     "safeft.commands.train",
     "safeft.commands.demo",
+    "safeft.commands.doctor",
 ]
 
 
