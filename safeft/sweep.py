@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from safeft.config import Config, config_from_dict, validate
-from safeft.errors import SafeftError
+from safeft.errors import ConfigError, SafeftError
 from safeft.io import read_json, write_json
 
 # Short axis names used in run names; other grid keys use their last dotted part.
@@ -71,9 +71,16 @@ def explicit_points(cfg: Config, points: dict[str, dict]) -> list[tuple[str, dic
     """Named runs given as dotted-key overrides of a grid-free `cfg` (e.g. the demo's variants), not a grid."""
     from safeft.configtools import set_dotted as _set
 
+    axes = cfg.grid_axes()
+    if axes:  # a point overrides keys of one configuration; a grid under it would be a sweep of sweeps
+        key, values = next(iter(axes.items()))
+        raise ConfigError(f"config key '{key}' lists {len(values)} values {values}, but the named runs "
+                          f"({', '.join(points)}) each override one configuration: give '{key}' one value, "
+                          "or set it in each named run")
+    base = cfg.expand()[0][1]
     out = []
     for label, point in points.items():
-        run_cfg = copy.deepcopy(cfg.single("sweep --variants"))
+        run_cfg = copy.deepcopy(base)
         for key, value in point.items():
             _set(run_cfg, key, value)
         out.append((label, point, validate(run_cfg)))
