@@ -2,6 +2,7 @@
 #   make demo   the main job: PTST + LookAhead reproduced at toy scale on CPU (aligned tiny model, Ray, DeepSpeed)
 #   make test   the test suite
 #   make gpu-check  every GPU path on one CUDA GPU in under 8 min (bench/gpu_check.py; CPU smoke without CUDA)
+#   make doctor     the preflight make venv starts with: compiler, venv support, disk, which torch build
 # Both create .venv at the repository root when it is missing.
 
 PYTHON ?= python3
