@@ -3,7 +3,6 @@
 import json
 import os
 
-import pytest
 import yaml
 from helpers import ADVBENCH, GSM8K_TEST, needs_shared
 
