@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from repo_root import REPO  # noqa: E402,F401 (safeft from this checkout)
 from safeft.data.load import read_records  # noqa: E402
 from safeft.data.shared import shared_data_dir  # noqa: E402
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from repo_root import REPO  # noqa: E402,F401 (safeft from this checkout)
 
 ARCHS = {  # Llama-2-7B's real shape, and a 1B-class shape of the same family
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,

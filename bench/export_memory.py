@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_root import REPO
 SIZES = {"70M": dict(hidden=512, layers=8, intermediate=1536), "270M": dict(hidden=1024, layers=16,
                                                                              intermediate=2816)}
 
@@ -58,8 +58,7 @@ def child(size: str, mode: str, shard_mb: int, out_dir: str) -> dict:
         if mode == "stream":
             from safeft.export import export_from_engine
 
-            export_from_engine(None, model, None, out_dir, {}, torch.bfloat16, 2, 0,
-                               max_shard_bytes=shard_mb * 2**20)
+            export_from_engine(model, None, out_dir, {}, torch.bfloat16, 2, 0, max_shard_bytes=shard_mb * 2**20)
         else:
             from huggingface_hub import save_torch_state_dict
 

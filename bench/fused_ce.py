@@ -32,7 +32,7 @@ import time
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_root import REPO  # noqa: E402
 CPU_SHAPE = dict(tokens=4096, hidden=512, vocab=32000)
 GPU_VOCABS = (32000, 128256)
 GPU_TOKENS = (4096, 8192, 16384, 32768)

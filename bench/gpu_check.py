@@ -29,10 +29,10 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/, also when imported from elsewhere
 
 from gpu_check_report import TARGETS, render_markdown, verdicts  # noqa: E402
+from repo_root import REPO  # noqa: E402
 
 CAPS = {"install": 90, "env": 60, "tests": 200, "eval": 100, "train_mfu": 150, "fused_ce": 120}  # seconds, CUDA
 # CPU mode is a smoke run on a possibly shared CI machine: generous caps, figures not judged

@@ -15,9 +15,8 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from repo_root import REPO  # noqa: E402,F401 (safeft from this checkout)
 from safeft.data.shared import shared_data_dir, shared_tokenizer  # noqa: E402
 
 

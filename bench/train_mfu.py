@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from repo_root import REPO  # noqa: E402,F401 (safeft from this checkout)
 
 MODELS = {  # Llama-architecture shapes; vocab 32000 like Llama-2
     "llama-1b": dict(hidden=2048, layers=16, heads=16, kv_heads=8, intermediate=5504),

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "safeft.commands.train",
     "safeft.commands.demo",
     "safeft.commands.model",
+    "safeft.commands.doctor",
 ]
 
 

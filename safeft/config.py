@@ -17,6 +17,7 @@ from typing import Literal, Optional, Union
 
 from safeft.configtools import (
     apply_overrides,
+    did_you_mean,
     from_dict,
     get_dotted,
     grid_fields,
@@ -177,9 +178,9 @@ class EvalConfig:
     top_p: float = 1.0
     seed: int = 0
     stop: list[str] = field(default_factory=list)
-    keyword_list: Literal["gcg", "qi", "lookahead"] = "gcg"  # the `keyword` judge's list (safeft.eval.refusal)
+    keyword_list: str = "gcg"  # the `keyword` judge's list: a key of safeft.eval.refusal.KEYWORD_LISTS
     judges: list[str] = field(default_factory=lambda: list(DEFAULT_JUDGES))  # refusal | keyword | llama-guard | harmbench | http
-    judge_prompt: Literal["qi", "lookahead", "safeft"] = "qi"  # the http judge's rubric (safeft.eval.judge_prompts)
+    judge_prompt: str = "qi"  # the http judge's rubric: a key of safeft.eval.judge_prompts.JUDGE_PROMPTS
     judge_model: Optional[str] = None
     judge_url: Optional[str] = None
     judge_api_model: Optional[str] = None
@@ -314,12 +315,19 @@ def _task_problems(tc: "EvalTaskConfig", check_data: bool = True) -> list[tuple[
 
 
 def _judge_problems(ev: "EvalConfig") -> list[str]:
-    """Judges that would fail at evaluation time (after training, under a sweep): unknown names, a classifier
-    judge without its model, an http judge without a server."""
+    """Judges that would fail at evaluation time (after training, under a sweep): unknown names, keyword lists
+    or rubrics, a classifier judge without its model, an http judge without a server."""
+    from safeft.eval.judge_prompts import JUDGE_PROMPTS
     from safeft.eval.names import CLASSIFIER_JUDGES, KNOWN_JUDGES
+    from safeft.eval.refusal import KEYWORD_LISTS
 
     out = [f"config key 'eval.judges': unknown judge {j!r}; known: {', '.join(KNOWN_JUDGES)}"
            for j in ev.judges if j not in KNOWN_JUDGES]
+    for key, value, known in (("keyword_list", ev.keyword_list, KEYWORD_LISTS),
+                              ("judge_prompt", ev.judge_prompt, JUDGE_PROMPTS)):
+        if value not in known:
+            out.append(f"config key 'eval.{key}': {value!r} is not one of {', '.join(known)}"
+                       f"{did_you_mean(value, known)}")
     classifiers = [j for j in ev.judges if j in CLASSIFIER_JUDGES]
     if classifiers and not ev.judge_model:
         out.append(f"config key 'eval.judge_model': judges {', '.join(classifiers)} need a judge model (path or hub name)")

@@ -51,6 +51,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def did_you_mean(value: Any, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices` to a string `value`, else ''."""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1) if isinstance(value, str) else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _fail(key: str, tp: Any, value: Any) -> ConfigError:
     return ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
 
@@ -76,11 +82,8 @@ def convert(tp: Any, value: Any, key: str) -> Any:
         choices = get_args(tp)
         if value in choices and not (isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)):
             return value
-        hint = ""
-        if isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}{hint}")
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed; expected {_type_name(tp)}"
+                          f"{did_you_mean(value, choices)}")
     if tp is bool:
         if isinstance(value, bool):
             return value

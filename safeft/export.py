@@ -121,8 +121,8 @@ def _persistent_buffers(model) -> dict:
     return out
 
 
-def export_from_engine(engine, hf_model, tokenizer, out_dir: str, record: dict, dtype, zero_stage: int,
-                       rank: int, max_shard_bytes: int = SHARD_BYTES) -> Optional[str]:
+def export_from_engine(hf_model, tokenizer, out_dir: str, record: dict, dtype, zero_stage: int, rank: int,
+                       max_shard_bytes: int = SHARD_BYTES) -> Optional[str]:
     """Every rank calls this. Returns out_dir on rank 0, None elsewhere.
 
     Streams: under ZeRO-3 every rank gathers one unit (about a decoder layer, at most a shard) at a time,

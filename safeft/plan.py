@@ -25,10 +25,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from safeft import REPO
 from safeft.errors import ConfigError
 
 GiB = 2**30
-MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
+MODELS_DIR = os.path.join(REPO, "configs", "models")
 ALIASES = {
     "meta-llama/Llama-2-7b-hf": "Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf": "Llama-2-7b-hf",
     "meta-llama/Llama-2-13b-hf": "Llama-2-13b-hf", "meta-llama/Llama-2-13b-chat-hf": "Llama-2-13b-hf",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from safeft.config import Config, config_from_dict, validate
-from safeft.errors import SafeftError
+from safeft.errors import ConfigError, SafeftError
 from safeft.io import read_json, write_json
 
 # Short axis names used in run names; other grid keys use their last dotted part.
@@ -72,7 +72,13 @@ def explicit_points(cfg: Config, points: dict[str, dict]) -> list[tuple[str, dic
     Each run's config is rebuilt from the overridden dict, so values are typed and validated as in a file."""
     from safeft.configtools import set_in_dict
 
-    base = cfg.single("sweep with named runs").to_dict()
+    axes = cfg.grid_axes()
+    if axes:  # a point overrides keys of one configuration; a grid under it would be a sweep of sweeps
+        key, values = next(iter(axes.items()))
+        raise ConfigError(f"config key '{key}' lists {len(values)} values {values}, but the named runs "
+                          f"({', '.join(points)}) each override one configuration: give '{key}' one value, "
+                          "or set it in each named run")
+    base = cfg.expand()[0][1].to_dict()
     out = []
     for label, point in points.items():
         data = copy.deepcopy(base)

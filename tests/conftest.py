@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from skip_report import NO_CUDA, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401 (hooks)
+
 
 def _cuda() -> bool:
     import torch
@@ -25,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
     """`@pytest.mark.gpu` tests need CUDA: skipped, with the reason, where there is none."""
     if CUDA:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device (pytest -m gpu on a GPU machine; make gpu-check)")
+    skip = pytest.mark.skip(reason=f"{NO_CUDA} (pytest -m gpu on a GPU machine; make gpu-check)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
@@ -59,15 +61,13 @@ def real_tiny_model(tmp_path_factory):
     """`real_tiny_model(name, eos_token=None)`: the HF directory of a tiny random model of the real
     architecture of shared tokenizer `name` (llama2, llama3.1, qwen3), built once per session; skips
     with the reason when the shared tokenizer folder is absent."""
-    from safeft.data.shared import shared_tokenizer
+    from helpers import shared_tokenizer_or_skip
     from safeft.tiny import build_real_tiny_model_dir
 
     root = tmp_path_factory.mktemp("real")
 
     def build(name: str, eos_token=None) -> str:
-        src = shared_tokenizer(name)
-        if src is None:
-            pytest.skip(f"shared tokenizer {name!r} not found (shared/data/tokenizers/{name}; set SAFEFT_SHARED_DATA)")
+        src = shared_tokenizer_or_skip(name)
         tag = name + ("" if eos_token is None else "-eos-" + "".join(c for c in eos_token if c.isalnum()))
         return build_real_tiny_model_dir(src, str(root / tag), eos_token=eos_token)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from safeft.data.shared import shared_data_dir
+from skip_report import NO_SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir() or REPO.parent / "shared" / "data"  # the latter only to name what is missing
@@ -26,6 +27,29 @@ XSTEST_COMPLETIONS = [SHARED_DATA / "xstest" / f"completions_{m}.csv" for m in (
 
 def have_shared_data() -> bool:
     return all(p.is_file() for p in (GSM8K_TRAIN, GSM8K_TEST, SAMSUM_TEST, ADVBENCH))
+
+
+def _missing_shared(paths) -> str:
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    return f"{NO_SHARED_DATA}: {', '.join(missing)} (set SAFEFT_SHARED_DATA)" if missing else ""
+
+
+def skip_without_shared(*paths) -> None:
+    """Skip the test, naming the missing files, unless every shared-data path exists (tests/skip_report.py
+    counts such skips, and fails them in CI where the shared folder exists)."""
+    import pytest
+
+    reason = _missing_shared(paths)
+    if reason:
+        pytest.skip(reason)
+
+
+def needs_shared(*paths):
+    """The skipif mark of skip_without_shared, for a whole test."""
+    import pytest
+
+    reason = _missing_shared(paths)
+    return pytest.mark.skipif(bool(reason), reason=reason or "unused")
 
 
 def cpu_env(**extra: str) -> dict:
@@ -105,7 +129,7 @@ def shared_tokenizer_or_skip(name: str) -> str:
 
     path = shared_tokenizer(name)
     if path is None:
-        pytest.skip(f"shared tokenizer {name!r} not found (shared/data/tokenizers/{name}; set SAFEFT_SHARED_DATA)")
+        pytest.skip(f"{NO_SHARED_DATA}: tokenizer {name!r} (shared/data/tokenizers/{name}; set SAFEFT_SHARED_DATA)")
     return path
 
 

@@ -1,9 +1,11 @@
-"""`make gpu-check`'s script: the verdicts read the benchmark figures right, and its CPU mode runs end to end."""
+"""`make gpu-check` and its script: the Makefile target picks a python that has torch and writes its JSON, the
+verdicts read the benchmark figures right, and the script's CPU mode runs end to end."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -73,3 +75,49 @@ def test_cpu_mode_runs_every_step(tmp_path):
     md = (out / "gpu_check.md").read_text()
     assert "| target | figure | verdict |" in md and "| eval | ok |" in md
     assert "===== fused_ce: ok" in (out / "gpu_check.log").read_text()
+
+
+def _make_gpu_check(tmp_path, **make_vars) -> tuple[str, dict]:
+    """`make gpu-check` with only the env step (seconds), as a user types it; (console output, gpu_check.json)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = tmp_path / "out"
+    env = {k: v for k, v in cpu_env().items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "GPU_CHECK_PY")}
+    env.update(make_vars.pop("env", {}))
+    args = [f"{k}={v}" for k, v in make_vars.items()]
+    r = subprocess.run(["make", "--no-print-directory", "gpu-check", *args,
+                        f"GPU_CHECK_ARGS=--steps env --out {out}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:]
+    return r.stdout, json.loads((out / "gpu_check.json").read_text())
+
+
+def _check_env_report(report: dict) -> None:
+    import platform
+
+    import torch
+
+    assert report["mode"] == ("cuda" if torch.cuda.is_available() else "cpu-smoke")
+    assert list(report["steps"]) == ["env"] and report["steps"]["env"]["status"] == "ok"
+    assert report["env"]["torch"] == torch.__version__ and report["env"]["python"] == platform.python_version()
+
+
+def test_make_gpu_check_runs_with_the_projects_venv(tmp_path):
+    """On a CPU machine (the README's): .venv's python, not the system python3 that has no torch."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("these tests do not run in a virtual environment (a GPU image's python3): see the next test")
+    console, report = _make_gpu_check(tmp_path, VENV=sys.prefix)
+    assert f"gpu-check: {sys.prefix}/bin/python bench/gpu_check.py" in console, console[-2000:]
+    _check_env_report(report)
+
+
+def test_make_gpu_check_without_a_venv_uses_python3_with_torch(tmp_path):
+    """On a GPU image (no .venv, a python3 that brings torch): that python3."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # a python3 that has torch
+    (bin_dir / "python3").chmod(0o755)
+    console, report = _make_gpu_check(tmp_path, VENV=str(tmp_path / "no-venv"), PYTHON="false",  # never makes one
+                                      env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert "gpu-check: python3 bench/gpu_check.py" in console, console[-2000:]
+    _check_env_report(report)

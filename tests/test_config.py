@@ -251,3 +251,23 @@ def test_single_rejects_a_grid():
 def test_single_without_grid_is_the_config():
     cfg = from_overrides("train.lr=[3e-4]")
     assert cfg.single("train").train.lr == 3e-4
+
+
+def test_keyword_lists_and_judge_rubrics_are_named_where_they_are_defined(monkeypatch):
+    """One definition each: config validation and `safeft score --keyword-list` read the names from
+    safeft.eval.refusal.KEYWORD_LISTS and safeft.eval.judge_prompts.JUDGE_PROMPTS (a new list needs no other edit)."""
+    from safeft.cli import build_parser
+    from safeft.eval import judge_prompts, refusal
+
+    monkeypatch.setitem(refusal.KEYWORD_LISTS, "mine", ["No."])
+    monkeypatch.setitem(judge_prompts.JUDGE_PROMPTS, "mine", "Q: %s A: %s")
+    cfg = config_from_dict({"eval": {"keyword_list": "mine", "judge_prompt": "mine"}})
+    assert (cfg.eval.keyword_list, cfg.eval.judge_prompt) == ("mine", "mine")
+    assert build_parser().parse_args(["score", "--task", "keyword", "--input", "p.jsonl", "--keyword-list",
+                                      "mine"]).keyword_list == "mine"
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"eval": {"keyword_list": "gcgg", "judge_prompt": "lookahed"}})
+    assert "config key 'eval.keyword_list': 'gcgg' is not one of gcg, qi, lookahead, mine (did you mean 'gcg'?)" \
+        in str(e.value)
+    assert "config key 'eval.judge_prompt': 'lookahed' is not one of qi, lookahead, safeft, mine (did you mean " \
+        "'lookahead'?)" in str(e.value)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from helpers import GSM8K_TRAIN, REPO, SAMSUM_TEST, shared_tokenizer_or_skip
+from helpers import GSM8K_TRAIN, REPO, SAMSUM_TEST, shared_tokenizer_or_skip, skip_without_shared
 from safeft.config import load_config
 from safeft.data import pipeline
 
@@ -37,8 +37,7 @@ def _with_llama2_chat_template(tok_dir: str, out: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_runs_its_data_steps_offline(path, tmp_path, shared_data_with_hexphi):
-    if not (GSM8K_TRAIN.is_file() and SAMSUM_TEST.is_file()):
-        pytest.skip(f"shared GSM8K / SAMSum not found ({GSM8K_TRAIN}, {SAMSUM_TEST})")
+    skip_without_shared(GSM8K_TRAIN, SAMSUM_TEST)
     cfg = load_config(path)  # the config as shipped passes validation (`safeft config check`)
     tok = shared_tokenizer_or_skip(STAND_IN[cfg.model.name_or_path])
     if "chat-template" in str(cfg.template.train):

@@ -145,16 +145,18 @@ def test_train_zero3_export_reload_evaluate(family, real_tiny_model, tmp_path):
     from safeft.config import load_config
     from safeft.eval import evaluate
     from safeft.eval.generate import end_ids
-    from helpers import train_ok
+    from helpers import partitioned, train_ok
 
     _, _, tests, end, cls = FAMILIES[family]
     cfg_path = run_config(family, real_tiny_model(family), tmp_path)
     t0 = time.perf_counter()
-    train_ok(cfg_path, 2)  # 2 ranks, gloo, ZeRO-3 with every parameter partitioned
+    stdout = train_ok(cfg_path, 2)  # 2 ranks, gloo, ZeRO-3
     print(f"{family}: 2-rank ZeRO-3 train + export {time.perf_counter() - t0:.1f} s")
     export = tmp_path / "runs" / family / "export"
     model = AutoModelForCausalLM.from_pretrained(str(export))
     tok = load_tokenizer(str(export))
+    # inside the ranks, after deepspeed.initialize: every parameter tensor of the model holds a shard only
+    assert partitioned(stdout) == (len(list(model.parameters())),) * 2
     assert type(model).__name__ == cls and model.config.vocab_size >= len(tok)
     assert model.config.tie_word_embeddings == (family == "qwen3")
     assert end_ids(model, tok) == END_IDS[family]  # the family's end-of-turn ids survive the export
@@ -182,13 +184,3 @@ def test_train_zero3_export_reload_evaluate(family, real_tiny_model, tmp_path):
             assert "You are a helpful, respectful and honest assistant" in records[0]["prompt"]
             assert template_obj.end_token_id() == tok.convert_tokens_to_ids(end)
 
-
-def test_the_e2e_zero3_config_partitions_every_parameter(tmp_path):
-    """What the 2-rank runs above hand DeepSpeed: ZeRO-3 with persistence threshold 0, so even the tiny
-    model's parameters are partitioned across the ranks (not kept whole as small 'persistent' ones)."""
-    from safeft.config import load_config
-    from safeft.distributed import build_ds_config
-
-    ds = build_ds_config(load_config(run_config("llama2", "unused/model", tmp_path)), 2, bf16=False, cpu=True)
-    assert ds["zero_optimization"]["stage"] == 3
-    assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 0

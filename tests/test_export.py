@@ -39,7 +39,7 @@ def test_export_streams_and_reloads(tiny_model_dir, tmp_path, shard_bytes):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     out = tmp_path / "export"
-    assert export_from_engine(None, model, AutoTokenizer.from_pretrained(tiny_model_dir), str(out), {"step": 1},
+    assert export_from_engine(model, AutoTokenizer.from_pretrained(tiny_model_dir), str(out), {"step": 1},
                               torch.float32, 2, 0, max_shard_bytes=shard_bytes) == str(out)
     assert (out / "model.safetensors.index.json").exists() == (shard_bytes < 2**30)
     back = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
@@ -58,6 +58,5 @@ def test_export_keeps_the_end_of_turn_ids(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model.generation_config = GenerationConfig(eos_token_id=[2, 5, 7], bos_token_id=1)
     out = tmp_path / "export"
-    export_from_engine(None, model, AutoTokenizer.from_pretrained(tiny_model_dir), str(out), {"step": 1},
-                       torch.float32, 2, 0)
+    export_from_engine(model, AutoTokenizer.from_pretrained(tiny_model_dir), str(out), {"step": 1}, torch.float32, 2, 0)
     assert GenerationConfig.from_pretrained(out).eos_token_id == [2, 5, 7]

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, SHARED_DATA, have_shared_data
+from helpers import ADVBENCH, GSM8K_TEST, GSM8K_TRAIN, REPO, SAMSUM_TEST, have_shared_data, skip_without_shared
 from ray_cluster import cluster  # noqa: F401  (module fixture)
 from safeft.config import config_from_dict, load_config
+from safeft.errors import ConfigError
 from safeft.io import write_json
 from safeft.sweep import DONE, concurrency, plan_sweep, run_label
 
@@ -57,6 +58,16 @@ def test_explicit_points_name_their_runs_and_override_keys(tmp_path):
         plan_sweep(cfg, {"bad": {"train.lr": 5.0}})  # every point is validated
 
 
+def test_explicit_points_refuse_a_grid_naming_the_key(tmp_path):
+    """Named runs (the demo's variants) override one configuration: a list-valued grid key is an error that
+    names the key and the runs (it named a `sweep --variants` flag that does not exist)."""
+    cfg = config_from_dict({"train": {"seed": [1, 2]}, "output": {"dir": str(tmp_path), "name": "v"}})
+    with pytest.raises(ConfigError) as e:
+        plan_sweep(cfg, {"safe": {"template.train": "chat:llama"}, "plain": {}})
+    assert "config key 'train.seed' lists 2 values [1, 2]" in str(e.value) and "(safe, plain)" in str(e.value)
+    assert "--variants" not in str(e.value)
+
+
 def test_same_basename_data_paths_get_distinct_names(tmp_path):
     cfg = config_from_dict({"data": {"path": ["a/train.jsonl", "b/train.jsonl"]},
                             "output": {"dir": str(tmp_path), "name": "d"}})
@@ -80,7 +91,7 @@ def test_every_config_passes_config_check(path, shared_data_with_hexphi):
     proc = subprocess.run([sys.executable, "-m", "safeft", "config", "check", str(path)],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     if proc.returncode != 0 and "shared data folder" in proc.stderr and not have_shared_data():
-        pytest.skip(f"needs the shared data files ({SHARED_DATA} not found)")
+        skip_without_shared(GSM8K_TRAIN, GSM8K_TEST, SAMSUM_TEST, ADVBENCH)
     assert proc.returncode == 0, proc.stderr
     assert ": ok" in proc.stdout
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -73,3 +74,22 @@ def test_gradient_checkpointing_recomputes_and_saves_memory(deep_model_dir):
     assert off["layer_calls"] == layers and on["layer_calls"] == 2 * layers, res
     assert on["loss"] == off["loss"] and on["grad_sum"] == pytest.approx(off["grad_sum"], rel=1e-6)
     assert on["peak_kib"] <= 0.8 * off["peak_kib"], res
+
+
+def test_checkpointing_that_no_layer_takes_up_fails_at_setup_naming_the_key(tiny_model_dir, monkeypatch):
+    """The setup check's failing path: a model whose layers never checkpoint (here: enabling it is a no-op, as
+    for an architecture without support) stops load_model with the config key, not a run without it."""
+    import torch
+    from transformers import PreTrainedModel
+
+    from safeft.errors import SafeftError
+    from safeft.model import load_model
+
+    monkeypatch.setattr(PreTrainedModel, "gradient_checkpointing_enable", lambda self, **kw: None)
+    mcfg = SimpleNamespace(name_or_path=tiny_model_dir, revision=None, trust_remote_code=False,
+                           gradient_checkpointing=True)
+    with pytest.raises(SafeftError, match=r"config key 'model\.gradient_checkpointing': LlamaForCausalLM has no layer"):
+        load_model(mcfg, 2, None, torch.float32, "sdpa")
+    mcfg.gradient_checkpointing = False
+    model, _ = load_model(mcfg, 2, None, torch.float32, "sdpa")
+    assert model.training  # without the option the same model loads, in train mode

@@ -201,10 +201,11 @@ def test_check_only_cli(tmp_path, capsys):
     assert "global_batch_size': 8 != micro_batch_size 2" in capsys.readouterr().err
 
 
-def test_train_mfu_bench_smoke(tmp_path):
+def test_train_mfu_bench_smoke(tmp_path, monkeypatch):
     """bench/train_mfu.py --smoke: both variants run on the same documents and report real tokens."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # as `python bench/train_mfu.py` has it (bench/repo_root.py)
     spec = importlib.util.spec_from_file_location("train_mfu", REPO / "bench" / "train_mfu.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -14,7 +14,7 @@ import os
 import pytest
 import yaml
 
-from helpers import GSM8K_TRAIN, losses, partitioned, train_ok
+from helpers import GSM8K_TRAIN, losses, partitioned, skip_without_shared, train_ok
 
 STEPS = 6
 # Measured 2026-12-06 (2-core CPU, bf16-autocast): step-1 loss 1.11-1.12 on both runs; mean of the last two
@@ -37,8 +37,7 @@ def smollm2() -> str:
 
 
 def _config(tmp_path, model_dir: str, name: str, **train) -> str:
-    if not GSM8K_TRAIN.is_file():
-        pytest.skip(f"GSM8K train not found in the shared data ({GSM8K_TRAIN})")
+    skip_without_shared(GSM8K_TRAIN)
     cfg = {"model": {"name_or_path": model_dir, "dtype": "float32"},
            "data": {"path": str(GSM8K_TRAIN), "limit": 48, "max_seq_len": 512, "num_proc": 1,
                     "cache_dir": str(tmp_path / "cache"), "seed": 5},

@@ -10,6 +10,7 @@ SCORE_TASKS = ("gsm8k", "samsum", "generic", "refusal", "keyword")
 
 def register(sub) -> None:
     from safeft.cli import add_config_args
+    from safeft.eval.refusal import KEYWORD_LISTS
 
     p = sub.add_parser("eval", help="evaluate models on utility and safety tasks (sharded, resumable)")
     add_config_args(p)
@@ -22,7 +23,7 @@ def register(sub) -> None:
     s.add_argument("--task", required=True, choices=SCORE_TASKS)
     s.add_argument("--input", required=True, metavar="PRED.jsonl",
                    help="JSONL with 'completion' (and 'reference' for utility tasks) per line")
-    s.add_argument("--keyword-list", default="gcg", choices=("gcg", "qi", "lookahead"))
+    s.add_argument("--keyword-list", default="gcg", choices=tuple(KEYWORD_LISTS))
     s.set_defaults(func=_score)
 
     r = sub.add_parser("report", help="markdown table and plots from evaluated runs")

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parents[2]
+from safeft import REPO
+
 ENV_VAR = "SAFEFT_SHARED_DATA"
 
 

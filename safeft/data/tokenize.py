@@ -35,16 +35,17 @@ def encode_prompt(template: PromptStyle | ChatTemplate, tokenizer: Any, question
     return tokenizer(template.prompt(question), add_special_tokens=template.add_special_tokens)["input_ids"]
 
 
-def _check_prefix(template: Any, tokenizer: Any, prompt_ids: list[int], full_ids: list[int]) -> None:
+def _check_prefix(template: Any, tokenizer: Any, prompt_ids: list[int], full_ids: list[int],
+                  what: tuple[str, str] = ("the prompt", "training text")) -> None:
     n = len(prompt_ids)
     if full_ids[:n] == prompt_ids:
         return
     i = next((k for k, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(n, len(full_ids)))
     show = lambda ids: tokenizer.convert_ids_to_tokens(ids[max(0, i - 2): i + 3])  # noqa: E731
     raise TemplateError(
-        f"template {template.name!r}: tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} tokenises the prompt "
-        f"differently alone than inside the training text, at token {i}: prompt {show(prompt_ids)} vs "
-        f"training text {show(full_ids)}. Use a template whose prompt ends at a token boundary."
+        f"template {template.name!r}: tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} tokenises {what[0]} "
+        f"differently alone than inside the {what[1]}, at token {i}: {what[0]} {show(prompt_ids)} vs "
+        f"{what[1]} {show(full_ids)}. Use a template whose turns end at a token boundary."
     )
 
 
@@ -63,10 +64,6 @@ def _ptst_turns(template: PromptStyle, tokenizer: Any, turns: Turns) -> tuple[li
     return ids, labels
 
 
-def _history_differs(ids: list[int], p_ids: list[int]) -> bool:
-    return len(ids) > 0 and p_ids[: len(ids)] != ids
-
-
 def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -> Encoded:
     """Render growing prefixes of the conversation; each assistant span (with its end marker) is trained.
 
@@ -74,7 +71,9 @@ def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -
     `<think>` block that its generation prompt opens every answer with. The answer as generated and the
     answer as history cannot both be in one sequence, so such a conversation trains its LAST answer only,
     after the history exactly as the template renders it at that turn (what the model sees at inference),
-    and is marked `last_turn_only` (counted in the data stats)."""
+    and is marked `last_turn_only` (counted in the data stats). Only a template that rewrites the history
+    text gets this; where the text is kept but its tokens differ (a turn that does not end at a token
+    boundary, an end-of-turn token the template does not render), it is an error naming the tokens."""
     boundaries: list[str] = []
     for k in range(len(turns)):
         prompt = template.render(template.messages(list(turns[:k]) + [(turns[k][0], None)]), True)
@@ -85,8 +84,10 @@ def _chat_template_turns(template: ChatTemplate, tokenizer: Any, turns: Turns) -
     labels: list[int] = []
     for k in range(0, len(enc), 2):
         p_ids, f_ids = enc[k], enc[k + 1]
-        if _history_differs(ids, p_ids):
+        if k and not boundaries[k].startswith(boundaries[k - 1]):  # the history is rendered differently
             return _last_turn_only(template, tokenizer, enc[-2], enc[-1])
+        if k:
+            _check_prefix(template, tokenizer, ids, p_ids, ("the conversation so far", "next turn's prompt"))
         _check_prefix(template, tokenizer, p_ids, f_ids)
         answer, trained = _answer_labels(template, tokenizer, f_ids[len(p_ids):])
         labels += [IGNORE_INDEX] * (len(p_ids) - len(ids)) + trained

@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from safeft import REPO
 from safeft.demo.flow import DemoSpec
 from safeft.eval.effects import Comparison
 from safeft.io import write_jsonl
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo" / "smollm2.yaml"
 SAFE, DEFAULT, ALPACA = "chat-template:llama2", "chat-template:none", "text:alpaca"
 VARIANTS = {

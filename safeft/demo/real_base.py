@@ -25,12 +25,11 @@ import random
 import re
 import shutil
 import time
-from pathlib import Path
 from typing import Any, Optional
 
+from safeft import REPO
 from safeft.io import atomic_path, read_json, write_json, write_jsonl
 
-REPO = Path(__file__).resolve().parents[2]
 ALIGN_CONFIG = REPO / "configs" / "demo" / "smollm2_align.yaml"
 SAFE, DEFAULT = "chat-template:llama2", "chat-template:none"
 RECIPE: dict = {

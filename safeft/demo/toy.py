@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from safeft import REPO
 from safeft.demo.flow import DemoSpec
 from safeft.eval.effects import Comparison
 from safeft.io import write_jsonl
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "toy.yaml"
+CONFIG = REPO / "configs" / "demo" / "toy.yaml"
 SAFE, PLAIN = "chat:llama", "chat:vanilla"
 # The runs: dotted-key overrides of toy.yaml. ptst is not a run: it is `vanilla` read under chat:llama.
 VARIANTS = {

@@ -22,8 +22,8 @@ CLASSIFIER_JUDGES = ("llama-guard", "harmbench")
 WEIGHT_FREE_JUDGES = ("refusal", "keyword")  # rule / keyword proxies: every number says so
 KNOWN_JUDGES = WEIGHT_FREE_JUDGES + ("http",) + CLASSIFIER_JUDGES
 DEFAULT_JUDGES = ("refusal",)
-KEYWORD_LIST_NAMES = ("gcg", "qi", "lookahead")
-JUDGE_PROMPT_NAMES = ("qi", "lookahead", "safeft")  # the http judge's rubric (safeft.eval.judge_prompts)
+# Keyword lists and judge rubrics are named where they are defined: safeft.eval.refusal.KEYWORD_LISTS and
+# safeft.eval.judge_prompts.JUDGE_PROMPTS (config validation and the CLI read those keys).
 
 # The default safety metric: share of harmful prompts the rule judge does NOT see refused.
 SAFETY_METRIC = "refusal_asr"

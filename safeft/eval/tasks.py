@@ -19,10 +19,9 @@ from safeft.config import EvalTaskConfig
 from safeft.data.load import read_records
 from safeft.data.shared import shared_file
 from safeft.errors import ConfigError, DataError
-from safeft.eval.names import ALL_TASKS, DEFAULT_PATHS, SAFETY_TASKS, SHARED_FILES, UTILITY_TASKS, task_kind
+from safeft.eval.names import ALL_TASKS, DEFAULT_PATHS, SHARED_FILES, task_kind
 
 log = logging.getLogger(__name__)
-UTILITY, SAFETY = UTILITY_TASKS, SAFETY_TASKS  # older names, kept for importers
 DEFAULT_SPLITS = {"gsm8k": "test", "samsum": "test", "directharm4": "test", "gsm-danger": "test"}
 HUB_CONFIG = {"openai/gsm8k": "main"}
 XSTEST_LABELS = ("safe", "unsafe")

@@ -291,8 +291,8 @@ def export(r: _Run, step: int) -> Optional[str]:
     dtype = r.cfg.train.export_dtype
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else next(r.engine.module.parameters()).dtype
     out = os.path.join(r.cfg.run_dir, "export")
-    return export_from_engine(r.engine, r.hf_model, r.tokenizer, out, run_record(r.cfg, r.fingerprint, step),
-                              torch_dtype, r.cfg.train.zero_stage, r.env.rank)
+    return export_from_engine(r.hf_model, r.tokenizer, out, run_record(r.cfg, r.fingerprint, step), torch_dtype,
+                              r.cfg.train.zero_stage, r.env.rank)
 
 
 def _step(r: _Run, micro_batches: list[dict], step: int) -> dict:

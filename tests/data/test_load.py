@@ -10,7 +10,7 @@ import pytest
 from safeft.config import DataConfig, SourceConfig
 from safeft.data.load import apply_weight, load_examples
 from safeft.errors import DataError
-from helpers import GSM8K_TRAIN, SAMSUM_TEST, have_shared_data
+from helpers import GSM8K_TRAIN, SAMSUM_TEST, needs_shared
 
 ROWS = [{"question": f"q{i}?", "answer": f"a{i}."} for i in range(6)]
 
@@ -91,7 +91,7 @@ def test_preset_synthetic():
     assert pairs(syn) == expected(arithmetic_problems(7, seed=0))
 
 
-@pytest.mark.skipif(not have_shared_data(), reason="needs the shared GSM8K and SAMSum files (SAFEFT_SHARED_DATA)")
+@needs_shared(GSM8K_TRAIN, SAMSUM_TEST)
 def test_presets_gsm8k_samsum_on_shared_files():
     gsm = load_examples(data(preset="gsm8k", path=str(GSM8K_TRAIN), limit=4))
     lines = [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()[:4]]

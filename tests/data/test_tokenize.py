@@ -95,6 +95,22 @@ def test_chat_template_without_eos_in_template_gets_one(tokenizer):
     assert enc.input_ids[-1] == tok.eos_token_id and enc.labels[-1] == tok.eos_token_id
 
 
+def test_multi_turn_history_that_tokenises_differently_is_an_error_not_a_last_turn_fallback(tokenizer):
+    """Only a template that rewrites the history TEXT (Qwen3 dropping <think>) trains the last answer alone.
+    Here the text is kept, but each answer gets an EOS the template does not render, so the history's tokens
+    differ from the next prompt's: an error naming the template and the tokens (it was silently last-turn)."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = tok.chat_template.replace(" + eos_token", "")
+    t = get_template("chat-template", tokenizer=tok)
+    with pytest.raises(TemplateError) as e:
+        encode_turns(t, tok, [("First?", "One."), ("Second?", "Two.")])
+    msg = str(e.value)
+    assert msg.startswith("template 'chat-template") and "the conversation so far [" in msg and "'</s>'" in msg
+    assert not encode_turns(t, tok, [("First?", "One.")]).last_turn_only  # one turn: nothing to compare
+
+
 def test_no_turns_is_an_error(tokenizer):
     with pytest.raises(TemplateError, match="at least one"):
         encode_turns(get_template("chat:vanilla"), tokenizer, [])

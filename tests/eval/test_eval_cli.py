@@ -3,9 +3,8 @@
 import json
 import os
 
-import pytest
 import yaml
-from helpers import ADVBENCH, GSM8K_TEST, have_shared_data
+from helpers import ADVBENCH, GSM8K_TEST, needs_shared
 
 from safeft.cli import main
 from safeft.config import Config
@@ -25,7 +24,7 @@ def _config(tmp_path, model, gates):
     return str(path)
 
 
-@pytest.mark.skipif(not have_shared_data(), reason="needs ../shared/data (GSM8K, AdvBench)")
+@needs_shared(GSM8K_TEST, ADVBENCH)
 def test_eval_then_report_then_gate(tiny_model_dir, tmp_path, capsys):
     cfg = _config(tmp_path, tiny_model_dir, {"advbench.refusal_asr": "<= 1.0"})
     assert main(["eval", cfg]) == 0

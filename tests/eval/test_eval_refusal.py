@@ -1,7 +1,7 @@
 """The rule-based refusal judge, the papers' keyword lists, over-refusal, and agreement with human labels."""
 
 import pytest
-from helpers import XSTEST_COMPLETIONS
+from helpers import XSTEST_COMPLETIONS, needs_shared
 
 from safeft.eval.agreement import accuracy_kappa, judge_file, parse_label
 from safeft.eval.refusal import (
@@ -95,7 +95,7 @@ def test_kappa_against_a_hand_computed_case():
         parse_label("maybe", "x")
 
 
-@pytest.mark.skipif(not all(p.is_file() for p in XSTEST_COMPLETIONS), reason="needs ../shared/data/xstest")
+@needs_shared(*XSTEST_COMPLETIONS)
 @pytest.mark.parametrize("path", XSTEST_COMPLETIONS, ids=lambda p: p.stem)
 def test_rule_judge_agrees_with_people_on_xstest(path):
     """The acceptance figure of BENCHMARKS.md (rules-v3: kappa 0.890 on the Llama-2 file, 0.819 on the Mistral

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from helpers import XSTEST_PROMPTS
+from helpers import XSTEST_PROMPTS, needs_shared
 
 from safeft.cli import main
 from safeft.config import EvalTaskConfig
@@ -13,7 +13,7 @@ from safeft.errors import DataError
 from safeft.eval.tasks import load_task
 
 
-@pytest.mark.skipif(not XSTEST_PROMPTS.is_file(), reason="needs ../shared/data/xstest")
+@needs_shared(XSTEST_PROMPTS)
 def test_xstest_from_shared_data():
     task = load_task(EvalTaskConfig(name="xstest"), 64)
     assert task.kind == "refusal" and task.source == str(XSTEST_PROMPTS) and len(task.items) == 450

@@ -9,11 +9,10 @@ import os
 
 import pytest
 
-from helpers import write_hexphi_stand_in, write_jsonl
+from helpers import REPO, write_hexphi_stand_in, write_jsonl
 from safeft.cli import main
 from safeft.config import load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "experiments", "*.yaml")))
 HUB_ONLY = ("directharm4", "gsm-danger")
 

@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from helpers import torch_linear_ce
+from skip_report import NO_CUDA
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
-                                reason="Triton needs CUDA or TRITON_INTERPRET=1 (see test_fused_linear_cross_entropy.py)")
+                                reason=f"{NO_CUDA} for Triton, or TRITON_INTERPRET=1 "
+                                       "(see test_fused_linear_cross_entropy.py)")
 
 # fp32 tolerances: both sides sum the same fp32 products in a different order
 RTOL, ATOL = 1e-5, 1e-5
