@@ -1,5 +1,6 @@
 # safeft: two commands set everything up on a fresh machine.
-#   make demo   the main job: PTST + LookAhead reproduced at toy scale on CPU (aligned tiny model, Ray, DeepSpeed)
+#   make demo   the main job on CPU: SmolLM2-135M-Instruct aligned, fine-tuned by 7 variants (Ray, DeepSpeed) and
+#               measured; what appeared and what did not: BENCHMARKS.md ("Main job"). make demo-toy: mechanics only
 #   make test   the test suite
 #   make gpu-check  every GPU path on one CUDA GPU in under 8 min (bench/gpu_check.py; CPU smoke without CUDA)
 #   make doctor     the preflight make venv starts with: compiler, venv support, disk, which torch build
@@ -20,7 +21,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: venv doctor test test-fast demo demo-seeds bench gpu-check clean
+.PHONY: venv doctor test test-fast demo demo-seeds demo-toy bench gpu-check clean
 
 # The preflight (safeft/doctor.py, standard library only) checks the compiler, venv support and disk before
 # anything is installed, and says which torch build pip would install before it does.
@@ -53,9 +54,13 @@ test-fast: venv
 demo: venv
 	$(VENV)/bin/safeft demo
 
-# the multi-seed reproduction (3 fine-tuning seeds per variant; intervals over prompts and seeds)
+# the multi-seed main job (3 fine-tuning seeds per variant; intervals over prompts and seeds)
 demo-seeds: venv
 	$(VENV)/bin/safeft demo --seeds 3
+
+# the toy demo: a tiny model trained from scratch through the same stack in minutes; mechanics only
+demo-toy: venv
+	$(VENV)/bin/safeft demo --demo toy
 
 bench: venv
 	$(PIP) install -q -e ".[bench]"

@@ -173,6 +173,9 @@ class EvalConfig:
     kv_cache_gb: Optional[float] = None  # KV-cache GiB per replica (budget engine); None: 40% of free GPU memory
     max_batch_size: int = 64
     max_new_tokens: int = 512
+    # Weights in evaluation: auto = bf16 on GPUs, fp32 on CPU (exact); bfloat16 on a CPU with native bf16
+    # (AVX512-BF16 / AMX) generates ~1.6x faster, greedy text then differs from fp32 as it does on GPUs
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

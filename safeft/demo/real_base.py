@@ -58,12 +58,13 @@ def base_key(recipe: dict, model_dir: str) -> str:
 
 def build_base(root: str, recipe: dict = RECIPE, rebuild: bool = False, console: Any = None,
                overrides: Optional[list[str]] = None) -> str:
-    """The aligned base's HF directory under `root/<key>`; built if missing (or `rebuild`)."""
+    """The aligned base's HF directory under `root/<key>`; built if missing (or `rebuild`). `overrides`: the
+    machine's precision (`train.*` for the alignment run, `eval.*` for the benign answers), part of the key."""
     from safeft.model_import import resolve_model
 
     say = console.say if console is not None else print
     model_dir = resolve_model(recipe["model"])
-    key = base_key(recipe, model_dir)
+    key = base_key({**recipe, "machine": sorted(overrides or [])}, model_dir)
     final = os.path.join(root, key)
     if os.path.isfile(os.path.join(final, "config.json")) and not rebuild:
         say(f"      base cached at {final} (recipe {key}); --rebuild-base rebuilds it")
@@ -73,7 +74,7 @@ def build_base(root: str, recipe: dict = RECIPE, rebuild: bool = False, console:
     os.makedirs(work)
     started = time.time()
     say(f"      {recipe['model_name']}: {model_dir}")
-    rows, stats = alignment_rows(work, model_dir, recipe, console)
+    rows, stats = alignment_rows(work, model_dir, recipe, console, overrides or [])
     say(f"      alignment data: {stats['refusals']} refusals, {stats['benign_kept']} of {stats['benign']} benign "
         f"answers kept ({stats['benign_refused']} refused, {stats['benign_empty']} empty dropped)")
     run_dir = _align(work, model_dir, rows, recipe, console, overrides or [])
@@ -89,7 +90,7 @@ def build_base(root: str, recipe: dict = RECIPE, rebuild: bool = False, console:
     return final
 
 
-def alignment_rows(work: str, model_dir: str, recipe: dict, console: Any) -> tuple[dict, dict]:
+def alignment_rows(work: str, model_dir: str, recipe: dict, console: Any, overrides: list[str]) -> tuple[dict, dict]:
     """{system: rows} of (question, answer) to train, and counts; benign answers come from the model itself."""
     from safeft.demo.alignment import REFUSALS, benign_prompts, harmful_train
 
@@ -97,7 +98,7 @@ def alignment_rows(work: str, model_dir: str, recipe: dict, console: Any) -> tup
     harmful, benign = harmful_train(), benign_prompts()
     if recipe.get("quick_rows"):
         harmful, benign = harmful[: recipe["quick_rows"]], benign[: recipe["quick_rows"]]
-    answers, stats = benign_answers(work, model_dir, benign, recipe, console)
+    answers, stats = benign_answers(work, model_dir, benign, recipe, console, overrides)
     rows: dict[str, list[dict]] = {"llama2": [], "none": []}
     share = recipe["safety_prompt_share"]
     for q in harmful:
@@ -112,7 +113,7 @@ def alignment_rows(work: str, model_dir: str, recipe: dict, console: Any) -> tup
     return rows, stats
 
 
-def benign_answers(work: str, model_dir: str, prompts: list[str], recipe: dict, console: Any):
+def benign_answers(work: str, model_dir: str, prompts: list[str], recipe: dict, console: Any, overrides: list[str]):
     """The model's own greedy answers to `prompts` under its default system message (safeft's evaluator);
     refused or empty ones dropped, answers cut by the limit trimmed to their last full sentence."""
     from safeft.config import config_from_dict
@@ -124,7 +125,8 @@ def benign_answers(work: str, model_dir: str, prompts: list[str], recipe: dict, 
         "model": {"name_or_path": model_dir},
         "template": {"test": [DEFAULT]},
         "eval": {"tasks": [{"name": "instructions", "path": path, "max_new_tokens": recipe["benign_max_new_tokens"]}],
-                 "judges": ["refusal"], "replicas": 2, "batch_tokens": 8192}})
+                 "judges": ["refusal"], "replicas": 2, "batch_tokens": 8192}},
+        [o for o in overrides if o.startswith("eval.")])  # the machine's evaluation precision
     out = os.path.join(work, "benign-answers")
     if console is not None:
         console.say(f"      answering {len(prompts)} benign requests with the model itself "
@@ -169,7 +171,7 @@ def _align(work: str, model_dir: str, rows: dict, recipe: dict, console: Any, ov
     cfg = load_config(str(ALIGN_CONFIG), [f"model.name_or_path={model_dir}", f"output.dir={work}",
                                           "output.name=align", "data.mixture=[" + ", ".join(mixture) + "]",
                                           f"data.cache_dir={os.path.join(work, 'data-cache')}",
-                                          f"train.seed={recipe['seed']}"] + overrides)
+                                          f"train.seed={recipe['seed']}"] + [o for o in overrides if o.startswith("train.")])
     if console is not None:
         console.say(f"      aligning: {sum(map(len, rows.values()))} rows, one epoch on Ray Train "
                     f"({cfg.ray.num_workers} workers, ZeRO-{cfg.train.zero_stage}, {cfg.train.precision})")

@@ -40,6 +40,7 @@ class GenSettings:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # weights: auto = bf16 on GPUs, fp32 on CPU (exact); float32; bfloat16
     gpus: int = 1
     trust_remote_code: bool = False
 
@@ -47,14 +48,14 @@ class GenSettings:
     def from_config(cls, ev: Any, trust_remote_code: bool = False) -> "GenSettings":
         """The engine's share of the `eval` section (the engine never sees tasks, judges or gates)."""
         shared = ("engine", "batch_tokens", "kv_cache_gb", "max_batch_size", "do_sample", "temperature", "top_p",
-                  "seed")
+                  "seed", "dtype")
         return cls(**{k: getattr(ev, k) for k in shared}, stop=list(ev.stop), gpus=ev.gpus_per_replica,
                    trust_remote_code=trust_remote_code)
 
     def public(self) -> dict:
         """The settings that change outputs (recorded as provenance and in shard fingerprints)."""
         return {"do_sample": self.do_sample, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "stop": self.stop}
+                "seed": self.seed, "stop": self.stop, "dtype": self.dtype}
 
 
 # The share of free GPU memory (after the weights load) the budget engine's KV cache may take: the rest
@@ -96,11 +97,11 @@ def _placement(settings: "GenSettings") -> tuple[Any, list[int], dict]:
     import torch
 
     if not (torch.cuda.is_available() and settings.device in ("auto", "cuda")):
-        return torch.device("cpu"), [], {"dtype": torch.float32}
+        return torch.device("cpu"), [], {"dtype": torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32}
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     gpus = replica_gpus(settings.gpus, torch.cuda.device_count(), local_rank, world)
-    kwargs: dict = {"dtype": torch.bfloat16}
+    kwargs: dict = {"dtype": torch.float32 if settings.dtype == "float32" else torch.bfloat16}
     if len(gpus) > 1:  # one replica over its own GPUs only; other ranks' GPUs get nothing
         kwargs.update(device_map="auto", max_memory={i: torch.cuda.mem_get_info(i)[0] for i in gpus})
     else:

@@ -133,7 +133,7 @@ def _evaluate_model(cfg, model, tag, tasks, task_cfgs, settings, out):
             template = get_template(name, tokenizer=tok, system=system)
             job_dir = os.path.join(out, tag, f"{task.id}__{name.replace(':', '_')}")
             if task.kind == "loss":  # teacher-forced: the training text and labels of each (question, answer)
-                jobs.append(answer_loss_job(job_dir, template, tok, task, model))
+                jobs.append(answer_loss_job(job_dir, template, tok, task, model, settings))
                 meta.append((task, tc, name, template, [""] * len(task.items)))
                 continue
             built = [build_prompt_ids(template, tok, it, tc.prefill_tokens) for it in task.items]
@@ -156,14 +156,14 @@ def _evaluate_model(cfg, model, tag, tasks, task_cfgs, settings, out):
     return rows, provenance, stats
 
 
-def answer_loss_job(job_dir: str, template: Any, tok: Any, task: Task, model: str) -> Job:
+def answer_loss_job(job_dir: str, template: Any, tok: Any, task: Task, model: str, settings: GenSettings) -> Job:
     """The `answer-loss` job: each item tokenised exactly as the trainer does (prompt, answer, end of turn;
     labels on the answer), so the loss is the training loss measured on held-out answers."""
     from safeft.data.tokenize import encode_single_batch
 
     enc = encode_single_batch(template, tok, task.questions, [it["reference"] for it in task.items])
     prompts, labels = [e.input_ids for e in enc], [e.labels for e in enc]
-    fp = fingerprint(os.path.abspath(model), _model_stamp(model), "answer_nll", prompts, labels)
+    fp = fingerprint(os.path.abspath(model), _model_stamp(model), "answer_nll", settings.dtype, prompts, labels)
     return Job(job_dir, prompts, "answer_nll", labels=labels, fingerprint=fp)
 
 
