@@ -1,0 +1,40 @@
+"""The main job's path on the real model at smoke size (`safeft demo --quick`): SmolLM2-135M-Instruct imported,
+a few alignment rows answered by the model itself and trained on Ray, two variants fine-tuned for two steps,
+every task evaluated under both templates, and effects.json naming the model. Its numbers mean nothing; the
+full run's figures are in BENCHMARKS.md ("Main job")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import GSM8K_TRAIN, REPO, cpu_env, skip_without_shared
+
+
+@pytest.mark.slow
+def test_quick_main_job_runs_every_stage_on_the_real_model(tmp_path):
+    from safeft.demo.real import METRICS
+
+    skip_without_shared(GSM8K_TRAIN)
+    out = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "safeft", "demo", "--quick", "--out", str(out)], cwd=REPO,
+                          env=cpu_env(), capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert any(line.startswith(stage) for line in lines), done.stdout
+    assert any("GSM8K train rows" in line for line in lines)  # the report says which data it fine-tuned on
+    report = out / "smollm2" / "report"
+    effects = json.loads((report / "effects.json").read_text())
+    assert {x["model"] for x in effects} == {"SmolLM2-135M-Instruct"}
+    assert {x["variant"] for x in effects} == {"base", "vanilla-safe", "vanilla", "ptst"}
+    got = {(x["variant"], x["test_template"], x["metric"], x["dataset"]) for x in effects}
+    for metric, dataset in METRICS.values():  # every task measured for the base under both templates
+        for template in ("chat-template:llama2", "chat-template:none"):
+            assert ("base", template, metric, dataset) in got
+    recipe = json.loads(next((out / "smollm2" / "base").glob("*/base_recipe.json")).read_text())
+    assert recipe["data"]["benign"] == 16 and recipe["data"]["refusals"] == 16
+    assert "Verdict" in (report / "report.md").read_text()
