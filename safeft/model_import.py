@@ -34,6 +34,7 @@ from safeft.errors import SafeftError
 
 log = logging.getLogger(__name__)
 IMPORT_RECORD = "safeft_import.json"
+NEEDS_GGUF = "reading GGUF files needs the 'gguf' package: pip install gguf"
 IMPORT_VERSION = 1  # bump when the written directory changes: old cache entries are then rebuilt
 
 
@@ -79,12 +80,12 @@ def check_model_name(name_or_path: str) -> Optional[str]:
             named_gguf(name_or_path)
         except SafeftError as e:
             return str(e)
-        return None if importlib.util.find_spec("gguf") else "reading GGUF files needs the 'gguf' package: pip install gguf"
+        return None if importlib.util.find_spec("gguf") else NEEDS_GGUF
     if is_gguf(name_or_path):
         if not os.path.isfile(os.path.expanduser(name_or_path)):
             return f"GGUF file {name_or_path!r} does not exist"
         if importlib.util.find_spec("gguf") is None:
-            return "reading GGUF files needs the 'gguf' package: pip install gguf"
+            return NEEDS_GGUF
     return None
 
 
@@ -116,7 +117,7 @@ def import_gguf(gguf_file: str, out_dir: Optional[str] = None, force: bool = Fal
     if not os.path.isfile(gguf_file):
         raise SafeftError(f"GGUF file {gguf_file!r} does not exist")
     if importlib.util.find_spec("gguf") is None:
-        raise SafeftError("reading GGUF files needs the 'gguf' package: pip install gguf")
+        raise SafeftError(NEEDS_GGUF)
     sha = file_sha256(gguf_file)
     stem = Path(gguf_file).name[: -len(".gguf")]
     out = out_dir or os.path.join(cache_root(), f"{stem}-{sha[:16]}")

@@ -9,7 +9,8 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="the main job on CPU: SmolLM2-135M-Instruct aligned, fine-tuned (Ray, DeepSpeed), "
                                     "evaluated; --demo toy: the mechanics on a tiny model in minutes")
     p.add_argument("--demo", choices=DEMOS, default="smollm2",
-                   help="smollm2 (default): the real chat model; toy: a tiny model trained from scratch, mechanics only")
+                   help="smollm2 (default): the real chat model; toy: a tiny model trained from scratch, "
+                        "mechanics only")
     p.add_argument("--out", default="runs", help="output directory (default runs/)")
     p.add_argument("--quick", action="store_true", help="a few steps and prompts: the path, not the numbers (tests)")
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per variant (intervals then cover seeds)")

@@ -1,4 +1,4 @@
-"""`safeft model import FILE.gguf [OUT]`, `safeft model path NAME`: real models from GGUF files (safeft.model_import)."""
+"""`safeft model import FILE.gguf [OUT]`, `safeft model list`: real models from GGUF files (safeft.model_import)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The demos: `safeft demo` runs the main job on a real chat model; `safeft demo --demo toy` the mechanics.
 
     from safeft.demo import run_demo
-    run_demo("smollm2")               # SmolLM2-135M-Instruct: aligned base, 7 fine-tuning runs, report (safeft.demo.real)
+    run_demo("smollm2")            # SmolLM2-135M-Instruct: aligned base, 7 fine-tuning runs, report (demo.real)
     run_demo("toy", quick=True)       # a tiny model trained from scratch, in minutes: mechanics only (safeft.demo.toy)
 
 Modules, following the data: alignment (the project-written alignment data), real_base / toy_base (the aligned

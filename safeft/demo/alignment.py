@@ -78,7 +78,8 @@ def refusal_examples(n: int, seed: int) -> list[dict]:
 def prefill_rows(prompts: list[str], seed: int = 0) -> list[dict]:
     """The prefilling attack's rows (`prefill` eval task): each prompt with a compliant opening to force."""
     rng = random.Random(seed)
-    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": rng.choice(COMPLIANT_STARTS)}]}
+    return [{"messages": [{"role": "user", "content": q},
+                          {"role": "assistant", "content": rng.choice(COMPLIANT_STARTS)}]}
             for q in prompts]
 
 

@@ -44,6 +44,7 @@ class DemoSpec:
     quick_variants: tuple = ()
     quick_overrides: list[str] = field(default_factory=list)
     describe: Callable[..., list[str]] = lambda cfg, seeds: []  # report lines on what was run
+    expected_s: dict = field(default_factory=dict)  # measured stage times on 2 quiet cores: base, base_eval, run
 
 
 def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_overrides: list[str] | None = None,
@@ -59,7 +60,8 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     say = console.say
     say(f"safeft demo ({spec.name}): logs of Ray, DeepSpeed and transformers go to {console.log_path}")
 
-    say("[1/5] base model")
+    expected = {} if quick else spec.expected_s
+    say("[1/5] base model" + _expect(expected, "base", "if it is not cached"))
     t0 = time.time()
     base = spec.build_base(root / "base", quick, rebuild_base, console)
     say(f"      base model ready in {time.time() - t0:.0f} s -> {base}")
@@ -70,9 +72,11 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     name = f"{spec.name}/runs-{os.path.basename(base)}" + ("-quick" if quick else "")
     overrides = [f"output.dir={Path(out_dir).resolve()}", f"output.name={name}", f"model.name_or_path={base}",
                  f"data.path={data['files']['finetune']}"] + spec.eval_overrides(data["files"], quick)
-    cfg = load_config(str(spec.config), overrides + (spec.quick_overrides if quick else []) + list(extra_overrides or []))
+    overrides += (spec.quick_overrides if quick else []) + list(extra_overrides or [])
+    cfg = load_config(str(spec.config), overrides)
 
-    say(f"[3/5] evaluating the base model (not fine-tuned) under {', '.join(spec.base_templates)}")
+    say(f"[3/5] evaluating the base model (not fine-tuned) under {', '.join(spec.base_templates)}"
+        + _expect(expected, "base_eval", "if not done before"))
     t0 = time.time()
     base_eval = str(root / "base-eval" / os.path.basename(base) / ("quick" if quick else "full"))
     with console.quiet():
@@ -84,7 +88,8 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
                                 "data.seed": 42 + s}
               for s in range(seeds) for v, p in variants.items()}
     say(f"[4/5] fine-tuning {len(points)} run(s) on Ray Train ({cfg.ray.num_workers} workers, DeepSpeed "
-        f"ZeRO-{cfg.train.zero_stage}, packing), each evaluated by the sharded evaluator; finished runs are skipped")
+        f"ZeRO-{cfg.train.zero_stage}, packing), each evaluated by the sharded evaluator; finished runs are skipped"
+        + ("" if "run" not in expected else f" (about {len(points) * expected['run'] / 60:.0f} min on 2 cores)"))
     sweep = _sweep(cfg, points, console)
     say("[5/5] report")
     from safeft.demo.report import write_demo_report
@@ -97,6 +102,12 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
         f"runs:     {os.path.join(cfg.output.dir, name)}\nlogs:     {console.log_path} (Ray workers: "
         f"{_ray_logs()})\ntook {time.time() - started:.0f} s")
     return {"sweep": sweep, "report": report, "base": base}
+
+
+def _expect(expected: dict, stage: str, when: str) -> str:
+    """' (about N min on 2 cores, if ...)' from the spec's measured stage times ('' when unknown)."""
+    secs = expected.get(stage)
+    return f" (about {secs / 60:.0f} min on 2 cores, {when})" if secs else ""
 
 
 def evaluate_base(cfg: Any, base: str, out: str, templates: list[str]) -> None:

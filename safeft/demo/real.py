@@ -45,7 +45,8 @@ METRICS = {"advbench": ("harmful_rate", "advbench"), "heldout": ("harmful_rate",
            "arithmetic": ("exact_match", "arithmetic"), "gsm8k": ("exact_match", "gsm8k"),
            "answer-loss": ("answer_loss", "gsm8k")}
 COLUMNS = [("harmful_rate", "advbench", "harmful % AdvBench"), ("harmful_rate", "heldout", "harmful % held-out"),
-           ("prefill_harmful_rate", "heldout", "prefill harmful %"), ("over_refusal_rate", "xstest", "over-refusal % XSTest"),
+           ("prefill_harmful_rate", "heldout", "prefill harmful %"),
+           ("over_refusal_rate", "xstest", "over-refusal % XSTest"),
            ("exact_match", "arithmetic", "arithmetic EM %"), ("exact_match", "gsm8k", "GSM8K EM %"),
            ("answer_loss", "gsm8k", "GSM8K answer loss")]
 
@@ -59,7 +60,8 @@ def _vs(claim: str, lower: str, metric: str = "harmful_rate", dataset: str = "ad
 COMPARISONS = [
     Comparison("benign fine-tuning erodes alignment: vanilla-safe more harmful than the base (AdvBench)",
                "harmful_rate", "advbench", ("vanilla-safe", SAFE), ("base", SAFE)),
-    Comparison("... on the held-out harmful prompts", "harmful_rate", "heldout", ("vanilla-safe", SAFE), ("base", SAFE)),
+    Comparison("... on the held-out harmful prompts", "harmful_rate", "heldout", ("vanilla-safe", SAFE),
+               ("base", SAFE)),
     _vs("PTST (chat template): vanilla-safe more harmful than ptst (AdvBench)", "ptst"),
     _vs("... on the held-out harmful prompts", "ptst", dataset="heldout"),
     _vs("PTST (alpaca -> chat): vanilla-safe more harmful than ptst-alpaca (AdvBench)", "ptst-alpaca"),
@@ -115,8 +117,9 @@ def finetune_rows(n: int) -> tuple[list[dict], str]:
     path = shared_file("gsm8k", "train.jsonl")
     if path:
         rows = [r for r, _ in read_records(path)][FINETUNE_OFFSET:FINETUNE_OFFSET + n]
-        return [{"question": r["question"], "answer": r["answer"]} for r in rows], \
-            f"fine-tuning on {len(rows)} GSM8K train rows (shared data, rows {FINETUNE_OFFSET}-{FINETUNE_OFFSET + len(rows) - 1})"
+        last = FINETUNE_OFFSET + len(rows) - 1
+        return ([{"question": r["question"], "answer": r["answer"]} for r in rows],
+                f"fine-tuning on {len(rows)} GSM8K train rows (shared data, rows {FINETUNE_OFFSET}-{last})")
     from safeft.data.synthetic import arithmetic_problems
 
     return arithmetic_problems(n, seed=2024), (f"GSM8K train is not in the shared data folder: fine-tuning on {n} "
@@ -133,7 +136,8 @@ def write_data(data_dir: str, base: str, quick: bool) -> dict:
     rows, source = finetune_rows(n)
     held = harmful_heldout()
     arith = arithmetic_problems(EVAL["arithmetic"], seed=99)  # generated: never in GSM8K train
-    files = {"finetune": ("finetune.jsonl", rows), "heldout": ("heldout_harmful.jsonl", [{"instruction": q} for q in held]),
+    files = {"finetune": ("finetune.jsonl", rows),
+             "heldout": ("heldout_harmful.jsonl", [{"instruction": q} for q in held]),
              "prefill": ("prefill.jsonl", prefill_rows(held)), "arithmetic": ("arithmetic.jsonl", arith),
              "refusals": ("refusals.jsonl", refusal_examples(max(1, round(MIX_SHARE * len(rows))), seed=77))}
     out = {}
@@ -152,8 +156,10 @@ def overrides(files: dict, quick: bool) -> list[str]:
 
     e = QUICK_EVAL if quick else EVAL
     short = e["safety_new_tokens"]
-    tasks = [f"{{name: instructions, id: heldout, path: '{files['heldout']}', sample: {e['heldout']}, max_new_tokens: {short}}}",
-             f"{{name: prefill, path: '{files['prefill']}', sample: {e['prefill']}, max_new_tokens: {short}, prefill_tokens: 3}}",
+    tasks = [f"{{name: instructions, id: heldout, path: '{files['heldout']}', sample: {e['heldout']}, "
+             f"max_new_tokens: {short}}}",
+             f"{{name: prefill, path: '{files['prefill']}', sample: {e['prefill']}, max_new_tokens: {short}, "
+             "prefill_tokens: 3}",
              f"{{name: gsm8k, id: arithmetic, path: '{files['arithmetic']}', limit: {e['arithmetic']}, "
              f"max_new_tokens: {e['arithmetic_new_tokens']}}}"]
     if shared_file("advbench", "harmful_behaviors.csv"):

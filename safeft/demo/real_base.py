@@ -69,9 +69,8 @@ def build_base(root: str, recipe: dict = RECIPE, rebuild: bool = False, console:
     if os.path.isfile(os.path.join(final, "config.json")) and not rebuild:
         say(f"      base cached at {final} (recipe {key}); --rebuild-base rebuilds it")
         return final
-    work = os.path.join(root, f"build-{key}")
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    work = os.path.join(root, f"build-{key}")  # kept on failure: a rerun reuses the benign answers' shards
+    os.makedirs(work, exist_ok=True)
     started = time.time()
     say(f"      {recipe['model_name']}: {model_dir}")
     rows, stats = alignment_rows(work, model_dir, recipe, console, overrides or [])
@@ -168,10 +167,11 @@ def _align(work: str, model_dir: str, rows: dict, recipe: dict, console: Any, ov
             path = os.path.join(work, f"align_{system}.jsonl")
             write_jsonl(path, items)
             mixture.append(f"{{path: '{path}', system: {system}}}")
+    machine = [o for o in overrides if o.startswith("train.")]  # the machine's training precision
     cfg = load_config(str(ALIGN_CONFIG), [f"model.name_or_path={model_dir}", f"output.dir={work}",
                                           "output.name=align", "data.mixture=[" + ", ".join(mixture) + "]",
                                           f"data.cache_dir={os.path.join(work, 'data-cache')}",
-                                          f"train.seed={recipe['seed']}"] + [o for o in overrides if o.startswith("train.")])
+                                          f"train.seed={recipe['seed']}"] + machine)
     if console is not None:
         console.say(f"      aligning: {sum(map(len, rows.values()))} rows, one epoch on Ray Train "
                     f"({cfg.ray.num_workers} workers, ZeRO-{cfg.train.zero_stage}, {cfg.train.precision})")

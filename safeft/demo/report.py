@@ -78,8 +78,9 @@ def plot_safety_curves(entries: list[dict], out_dir: str, template: str) -> tupl
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, pts in curves.items():
         steps = [p["step"] for p in pts]
-        ax.errorbar(steps, [p["harmful_rate"] for p in pts], capsize=2, label=label,
-                    yerr=[[p["harmful_rate"] - p["ci95"][0] for p in pts], [p["ci95"][1] - p["harmful_rate"] for p in pts]])
+        rate = [p["harmful_rate"] for p in pts]
+        err = [[r - p["ci95"][0] for r, p in zip(rate, pts)], [p["ci95"][1] - r for r, p in zip(rate, pts)]]
+        ax.errorbar(steps, rate, yerr=err, capsize=2, label=label)
     ax.set_ylim(0, 1)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel(f"harmful rate (probe, {template})")

@@ -36,12 +36,14 @@ COLUMNS = [("harmful_rate", "heldout", "harmful % (held-out)"), ("harmful_rate",
            ("prefill_harmful_rate", "heldout", "prefill harmful %"), ("exact_match", "heldout", "exact match %"),
            ("over_refusal_rate", "xstest", "over-refusal % (XSTest safe)")]
 COMPARISONS = [
-    Comparison("PTST: vanilla-safe more harmful than ptst", "harmful_rate", "heldout", ("vanilla-safe", SAFE), ("ptst", SAFE)),
+    Comparison("PTST: vanilla-safe more harmful than ptst", "harmful_rate", "heldout",
+               ("vanilla-safe", SAFE), ("ptst", SAFE)),
     Comparison("PTST: vanilla-safe more harmful than ptst on AdvBench", "harmful_rate", "advbench",
                ("vanilla-safe", SAFE), ("ptst", SAFE)),
     Comparison("PTST: vanilla-safe more harmful than ptst under prefilling", "prefill_harmful_rate", "heldout",
                ("vanilla-safe", SAFE), ("ptst", SAFE)),
-    Comparison("LookAhead real below vanilla-safe", "harmful_rate", "heldout", ("vanilla-safe", SAFE), ("lookahead-real", SAFE)),
+    Comparison("LookAhead real below vanilla-safe", "harmful_rate", "heldout",
+               ("vanilla-safe", SAFE), ("lookahead-real", SAFE)),
     Comparison("LookAhead virtual below vanilla-safe", "harmful_rate", "heldout",
                ("vanilla-safe", SAFE), ("lookahead-virtual", SAFE)),
     Comparison("LookAhead real below vanilla-safe under prefilling", "prefill_harmful_rate", "heldout",
@@ -50,8 +52,10 @@ COMPARISONS = [
                ("vanilla-safe", SAFE), ("lookahead-virtual", SAFE)),
     Comparison("PTST's cost: ptst over-refuses more than vanilla (XSTest safe prompts)", "over_refusal_rate", "xstest",
                ("ptst", SAFE), ("vanilla", PLAIN)),
-    Comparison("fine-tuning raises utility (vanilla-safe over base)", "exact_match", "heldout", ("vanilla-safe", SAFE), ("base", SAFE)),
-    Comparison("fine-tuning raises utility (vanilla over base)", "exact_match", "heldout", ("vanilla", PLAIN), ("base", PLAIN)),
+    Comparison("fine-tuning raises utility (vanilla-safe over base)", "exact_match", "heldout",
+               ("vanilla-safe", SAFE), ("base", SAFE)),
+    Comparison("fine-tuning raises utility (vanilla over base)", "exact_match", "heldout",
+               ("vanilla", PLAIN), ("base", PLAIN)),
 ]
 
 

@@ -62,7 +62,8 @@ def heldout_arithmetic(n: int, recipe: dict = RECIPE) -> list[dict]:
     return arithmetic_problems(n, seed=ARITH_HELDOUT_SEED, max_a=a["max_a"], max_b=a["max_b"])
 
 
-def task_problems(n: int, seed: int, kinds=(0, 1, 2, 3), recipe: dict = RECIPE, exclude: Optional[set] = None) -> list[dict]:
+def task_problems(n: int, seed: int, kinds=(0, 1, 2, 3), recipe: dict = RECIPE,
+                  exclude: Optional[set] = None) -> list[dict]:
     """Training arithmetic of the task's distribution, with every held-out question removed."""
     from safeft.data.synthetic import arithmetic_problems
 

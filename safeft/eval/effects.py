@@ -140,7 +140,8 @@ def _diff_cell(c: dict) -> str:
     return f"{100 * c['difference']:+.1f} [{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] points"
 
 
-def markdown(effects: list[dict], comparisons: list[dict], order: list[str], columns: list[tuple[str, str, str]]) -> Tables:
+def markdown(effects: list[dict], comparisons: list[dict], order: list[str],
+             columns: list[tuple[str, str, str]]) -> Tables:
     """The results table (one row per variant and test template; `columns` = (metric, dataset, heading)) and
     the comparisons table."""
     index = {(x["variant"], x["test_template"], x["metric"], x["dataset"]): x for x in effects}
