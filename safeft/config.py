@@ -426,7 +426,7 @@ def _tracker_problems(cfg: "Config") -> list[str]:
         out.append(f"config key 'train.report_to': 'none' cannot be combined with other trackers ({names})")
     if len(set(names)) != len(names):
         out.append(f"config key 'train.report_to': {names} names a tracker twice")
-    modules = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+    modules = {"wandb": "wandb", "mlflow": "mlflow"}  # tensorboard is a dependency (missing: a warning, as before)
     for name in active_trackers(cfg):
         if name in modules and importlib.util.find_spec(modules[name]) is None:
             out.append(f"config key 'train.report_to': {name!r} needs the {modules[name]} package "

@@ -69,6 +69,18 @@ def test_probe_generates_each_share_in_equal_batches_and_restores_the_model(shar
     assert records[0]["prompt"] == probe.items[0][1] and records[0]["harmful"] is False
 
 
+def test_resumed_run_drops_the_probes_it_will_repeat(tmp_path):
+    from safeft.train.summary import append_curve, probe_totals, trim_curve
+
+    line = {"template": "chat:llama", "harmful_rate": 0.0, "seconds": 2.0}
+    append_curve(str(tmp_path), [{**line, "step": s} for s in (0, 5, 10)])
+    append_curve(str(tmp_path), [{**line, "step": 10, "template": "chat:vanilla"}])
+    assert probe_totals(read_safety_curve(str(tmp_path))) == {"probes": 3, "seconds": 6.0}
+    trim_curve(str(tmp_path), 5)  # resumed from the step-5 checkpoint: steps 5 and 10 are probed again
+    assert [(r["step"], r["template"]) for r in read_safety_curve(str(tmp_path))] == [(0, "chat:llama")]
+    assert read_safety_curve(str(tmp_path / "none")) == []
+
+
 @pytest.fixture(scope="module")
 def probe_runs(tmp_path_factory, sharp_model_dir):
     tmp = tmp_path_factory.mktemp("probe")

@@ -289,7 +289,10 @@ def open_trackers(cfg, resumed_step: int = 0) -> list[Tracker]:
         if name == "jsonl":
             out.append(JsonlTracker(run_dir))
         elif name == "tensorboard":
-            out.append(TensorBoardTracker(run_dir, purge_step=resumed_step + 1 if resumed_step else None))
+            try:
+                out.append(TensorBoardTracker(run_dir, purge_step=resumed_step + 1 if resumed_step else None))
+            except ImportError:  # torch's SummaryWriter needs the tensorboard package
+                log.warning("tensorboard is not installed; train.report_to goes on without it")
         elif name == "wandb":
             wc = cfg.train.wandb
             group = wc.group or (cfg.output.name.split("/")[0] if cfg.output.name and "/" in cfg.output.name else None)
