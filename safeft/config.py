@@ -115,7 +115,8 @@ class SafetyProbeConfig:
     batch_size: int = 16  # prompts per generate call on each rank
     judge: Literal["refusal", "keyword"] = "refusal"  # keyword: the list in eval.keyword_list
     max_harmful: Optional[float] = None  # bound on the harmful rate of every template
-    action: Literal["warn", "stop"] = "warn"  # stop: end at the first probe over the bound, export the last one under it
+    # stop: end the run at the first probe over the bound and export the last checkpoint under it
+    action: Literal["warn", "stop"] = "warn"
 
     def task(self) -> "EvalTaskConfig":
         """The evaluator's task that reads this dataset (same formats and shared-data lookup as `safeft eval`)."""
@@ -563,6 +564,7 @@ def save_config(cfg: Config, path: str) -> None:
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "SourceConfig", "TemplateConfig", "LookaheadConfig", "TrainConfig",
-    "SafetyProbeConfig", "WandbConfig", "MlflowConfig", "active_trackers", "EvalConfig", "EvalTaskConfig", "RayConfig", "OutputConfig", "load_config", "config_from_dict", "validate",
+    "SafetyProbeConfig", "WandbConfig", "MlflowConfig", "active_trackers", "EvalConfig", "EvalTaskConfig",
+    "RayConfig", "OutputConfig", "load_config", "config_from_dict", "validate",
     "save_config",
 ]

@@ -139,7 +139,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], world: int, timeout: int = 600, unset: tuple = (), **env) -> list[subprocess.CompletedProcess]:
+def launch(args: list[str], world: int, timeout: int = 600, unset: tuple = (),
+           **env: str) -> list[subprocess.CompletedProcess]:
     """Run `python ARGS` as `world` ranks on localhost (gloo), stdin closed (nothing may prompt); returns each
     rank's completed process. `unset`: environment variables the ranks must not see; `env`: more to set."""
     port = str(free_port())

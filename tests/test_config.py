@@ -262,10 +262,12 @@ def test_single_without_grid_is_the_config():
     (["train.safety_probe.every_steps=0"], "config key 'train.safety_probe.every_steps': 0: expected >= 1"),
     (["train.safety_probe.n=0"], "config key 'train.safety_probe.n': 0: expected a positive number of prompts"),
     (["train.safety_probe.max_harmful=1.5"], "config key 'train.safety_probe.max_harmful': 1.5: expected a harmful"),
-    (["train.safety_probe.action=stop"], "config key 'train.safety_probe.action': 'stop' needs train.safety_probe.max_harmful"),
+    (["train.safety_probe.action=stop"],
+     "config key 'train.safety_probe.action': 'stop' needs train.safety_probe.max_harmful"),
     (["train.safety_probe.action=halt"], "config key 'train.safety_probe.action': 'halt' is not allowed"),
     (["train.safety_probe.judge=llama-guard"], "config key 'train.safety_probe.judge': 'llama-guard' is not allowed"),
-    (["train.safety_probe.templates=[chat:lama]"], "config key 'train.safety_probe.templates': unknown template 'chat:lama'"),
+    (["train.safety_probe.templates=[chat:lama]"],
+     "config key 'train.safety_probe.templates': unknown template 'chat:lama'"),
     (["train.safety_probe.dataset=/nonexistent/harmful.csv"],
      "config key 'train.safety_probe.dataset': '/nonexistent/harmful.csv' is neither one of advbench, hexphi, "
      "harmful-demo nor an existing file"),
@@ -273,7 +275,8 @@ def test_single_without_grid_is_the_config():
                                           "tensorboard, wandb, mlflow, none"),
     (["train.report_to=[none, mlflow]"], "config key 'train.report_to': 'none' cannot be combined"),
     (["train.wandb.mode=cloud"], "config key 'train.wandb.mode': 'cloud' is not allowed"),
-    (["train.mlflow.experment=x"], "unknown config key 'train.mlflow.experment'; did you mean 'train.mlflow.experiment'?"),
+    (["train.mlflow.experment=x"],
+     "unknown config key 'train.mlflow.experment'; did you mean 'train.mlflow.experiment'?"),
 ])
 def test_probe_and_tracker_keys_are_checked(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -290,7 +293,7 @@ def test_probe_dataset_resolves_before_any_worker(tmp_path, monkeypatch):
     assert cfg.train.safety_probe.task().name == "instructions" and cfg.train.safety_probe.task().limit == 64
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "do harm"}\n')
-    with pytest.raises(ConfigError, match=r"train.safety_probe.dataset': .*bad.jsonl row 0: missing field 'instruction'"):
+    with pytest.raises(ConfigError, match=r"safety_probe.dataset': .*bad.jsonl row 0: missing field 'instruction'"):
         from_overrides(f"train.safety_probe.dataset={bad}")
     assert from_overrides(f"train.safety_probe.dataset={bad}", "train.safety_probe.question_field=prompt")
     monkeypatch.setenv("SAFEFT_SHARED_DATA", str(tmp_path / "empty"))

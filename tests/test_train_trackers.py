@@ -22,8 +22,10 @@ STEPS = 3
 
 
 @pytest.mark.parametrize("mode,env,expected", [
-    ("auto", {}, "offline"), ("auto", {"WANDB_API_KEY": "k"}, "online"), ("auto", {"WANDB_MODE": "disabled"}, "disabled"),
-    ("auto", {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, "offline"), ("offline", {"WANDB_API_KEY": "k"}, "offline"),
+    ("auto", {}, "offline"), ("auto", {"WANDB_API_KEY": "k"}, "online"),
+    ("auto", {"WANDB_MODE": "disabled"}, "disabled"),
+    ("auto", {"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, "offline"),
+    ("offline", {"WANDB_API_KEY": "k"}, "offline"),
 ])
 def test_wandb_mode_is_online_only_with_a_key(monkeypatch, mode, env, expected):
     for name in ("WANDB_API_KEY", "WANDB_MODE"):
@@ -36,7 +38,8 @@ def test_wandb_mode_is_online_only_with_a_key(monkeypatch, mode, env, expected):
 def test_mlflow_store_defaults_to_sqlite_in_the_run_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri, artifacts = T.mlflow_store(None, str(tmp_path / "run"))
-    assert uri == f"sqlite:///{tmp_path}/run/mlflow/mlflow.db" and artifacts == (tmp_path / "run/mlflow/artifacts").as_uri()
+    assert uri == f"sqlite:///{tmp_path}/run/mlflow/mlflow.db"
+    assert artifacts == (tmp_path / "run" / "mlflow" / "artifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert T.mlflow_store(None, str(tmp_path)) == ("http://127.0.0.1:5000", None)
     assert T.mlflow_store("sqlite:///x.db", str(tmp_path)) == ("sqlite:///x.db", None)  # the config wins
@@ -79,6 +82,15 @@ def test_a_failing_tracker_is_dropped_and_training_goes_on(caplog):
     assert [t.name for t in logger.trackers] == ["kept"] and Kept.seen == [("train", 1), ("train", 2)]
     assert sum("tracker broken failed in log_metrics (ConnectionError: server down)" in r.message
                for r in caplog.records) == 1
+
+
+def test_a_tracker_that_cannot_start_is_left_out(tmp_path, caplog):
+    """Rank 0 alone opens trackers: an error there must not stop it while the other ranks wait in a collective."""
+    cfg = config_from_dict({"train": {"report_to": ["jsonl", "mlflow"], "mlflow": {"tracking_uri": "nope://x"}},
+                            "output": {"dir": str(tmp_path), "name": "r"}})
+    opened = T.open_trackers(cfg)
+    assert [t.name for t in opened] == ["jsonl"] and T.read_record(cfg.run_dir) == {}
+    assert any("tracker mlflow could not start" in r.message for r in caplog.records)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +165,8 @@ def test_wandb_runs_offline_without_a_key_and_keeps_the_metrics(tracked):
             history.setdefault(r["history"]["step"].get("num", 0), {}).update(r["history"]["item"])
     losses = [json.loads(line)["loss"] for line in open(tracked["run"] / "logs" / "metrics.jsonl")]
     assert [history[s]["train/loss"] for s in range(1, STEPS + 1)] == pytest.approx(losses)
-    assert all(f"safety/{t}/harmful_rate" in history[s] for s in range(STEPS + 1) for t in ("chat-vanilla", "chat-llama"))
+    for step in range(STEPS + 1):
+        assert {"safety/chat-vanilla/harmful_rate", "safety/chat-llama/harmful_rate"} <= set(history[step])
     config = [r for r in train if r["type"] in ("config", "run")]
     assert any('"lr":0.002' in json.dumps(r, separators=(",", ":")) for r in config)
     assert any(r["type"] == "artifact" and r["artifact"]["type"] == "train" for r in train)

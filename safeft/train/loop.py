@@ -315,22 +315,15 @@ def _export_last_safe(r: _Run, stop, result: TrainResult) -> None:
 def _write_summary(r: _Run, result: TrainResult, gate, seconds: float, step_seconds: float,
                    metrics_log: MetricsLogger) -> None:
     """<run_dir>/train_summary.json (rank 0, atomic): steps, final metrics, probes and their cost, the stop."""
-    from safeft.train.summary import curve_path, read_safety_curve, write_train_summary
+    from safeft.train.summary import curve_path, write_train_summary
 
     if not r.env.is_main:
         return
-    curve = read_safety_curve(r.cfg.run_dir)
-    probe_s, save_s = (gate.seconds, gate.save_seconds) if gate else (0.0, 0.0)
-    train_s = seconds - probe_s - save_s  # steps, logging, checkpoints and the export of this invocation
+    train_s = seconds - (gate.seconds + gate.save_seconds if gate else 0.0)  # steps, logs, checkpoints, export
     summary = {
         "steps": result.steps, "total_steps": r.total_steps, "final_metrics": result.metrics,
         "seconds": round(seconds, 2), "train_seconds": round(train_s, 2), "step_seconds": round(step_seconds, 2),
-        "safety_probe": None if gate is None else {
-            **gate.totals(), "seconds_this_invocation": round(probe_s, 2),
-            "share_of_train_time": round(probe_s / max(train_s, 1e-9), 4),
-            "share_of_step_time": round(probe_s / max(step_seconds, 1e-9), 4),
-            "passing_checkpoint_seconds": round(save_s, 2),
-            "config": dataclasses.asdict(r.cfg.train.safety_probe), "results": curve},
+        "safety_probe": gate.summary(train_s, step_seconds) if gate else None,
         "stopped": result.stopped, "last_checkpoint": result.last_checkpoint, "export_dir": result.export_dir,
     }
     path = write_train_summary(r.cfg.run_dir, summary)

@@ -18,6 +18,7 @@ and exports it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -230,9 +231,15 @@ class SafetyGate:
                     "no probe was under the bound (the model was over it from the start): nothing to export")
         return Stop(step, why, safe_step, os.path.join(self.root, safe) if safe else None)
 
-    def totals(self) -> dict:
-        """Probe count and seconds over the whole curve (a resumed run's earlier probes included)."""
-        return probe_totals(read_safety_curve(self.run_dir))
+    def summary(self, train_seconds: float, step_seconds: float) -> dict:
+        """The run summary's `safety_probe`: every probe of the curve (a resumed run's earlier ones included), their
+        count and seconds, and this invocation's probe time against its training and optimizer-step time."""
+        curve = read_safety_curve(self.run_dir)
+        return {**probe_totals(curve), "seconds_this_invocation": round(self.seconds, 2),
+                "share_of_train_time": round(self.seconds / max(train_seconds, 1e-9), 4),
+                "share_of_step_time": round(self.seconds / max(step_seconds, 1e-9), 4),
+                "passing_checkpoint_seconds": round(self.save_seconds, 2),
+                "config": dataclasses.asdict(self.pc), "results": curve}
 
 
 def safe_tags(root: str) -> list[str]:

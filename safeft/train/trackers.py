@@ -285,26 +285,29 @@ def open_trackers(cfg, resumed_step: int = 0) -> list[Tracker]:
     saved = read_record(run_dir) if resumed_step > 0 else {}
     out: list[Tracker] = []
     for name in names:
-        prior = saved.get(name) or {}
-        if name == "jsonl":
-            out.append(JsonlTracker(run_dir))
-        elif name == "tensorboard":
-            try:
-                out.append(TensorBoardTracker(run_dir, purge_step=resumed_step + 1 if resumed_step else None))
-            except ImportError:  # torch's SummaryWriter needs the tensorboard package
-                log.warning("tensorboard is not installed; train.report_to goes on without it")
-        elif name == "wandb":
-            wc = cfg.train.wandb
-            group = wc.group or (cfg.output.name.split("/")[0] if cfg.output.name and "/" in cfg.output.name else None)
-            out.append(WandbTracker(run_dir, wc.project, wc.name or cfg.output.name, wc.entity, group, wc.tags,
-                                    wc.mode, run_id=prior.get("id")))
-        elif name == "mlflow":
-            mc = cfg.train.mlflow
-            tags = {"safeft.run_dir": os.path.abspath(run_dir), "safeft.train_template": str(cfg.template.train)}
-            out.append(MlflowTracker(run_dir, mc.experiment, mc.run_name or cfg.output.name, mc.tracking_uri, tags,
-                                     run_id=prior.get("run_id")))
+        try:
+            out.append(_open(name, cfg, saved.get(name) or {}, resumed_step))
+        except Exception as e:  # noqa: BLE001  rank 0 alone opens trackers: raising here would hang the other ranks
+            log.warning("tracker %s could not start (%s: %s); this run goes on without it", name, type(e).__name__, e)
     write_json(os.path.join(run_dir, RECORD), {t.name: t.record() for t in out if t.record()})
     return out
+
+
+def _open(name: str, cfg, prior: dict, resumed_step: int) -> Tracker:
+    run_dir = cfg.run_dir
+    if name == "jsonl":
+        return JsonlTracker(run_dir)
+    if name == "tensorboard":
+        return TensorBoardTracker(run_dir, purge_step=resumed_step + 1 if resumed_step else None)
+    if name == "wandb":
+        wc = cfg.train.wandb
+        group = wc.group or (cfg.output.name.split("/")[0] if cfg.output.name and "/" in cfg.output.name else None)
+        return WandbTracker(run_dir, wc.project, wc.name or cfg.output.name, wc.entity, group, wc.tags, wc.mode,
+                            run_id=prior.get("id"))
+    mc = cfg.train.mlflow
+    tags = {"safeft.run_dir": os.path.abspath(run_dir), "safeft.train_template": str(cfg.template.train)}
+    return MlflowTracker(run_dir, mc.experiment, mc.run_name or cfg.output.name, mc.tracking_uri, tags,
+                         run_id=prior.get("run_id"))
 
 
 def read_record(run_dir: str) -> dict:
