@@ -147,7 +147,7 @@ class SafetyProbe:
 class SafetyGate:
     """Runs the probe at the due steps, writes and logs its results, and applies `max_harmful` / `action`.
 
-    `probe(state)` is called on every rank; it returns a Stop (the same on every rank) when training must end.
+    `probe_step(state)` is called on every rank; it returns a Stop (the same on every rank) when training must end.
     """
 
     def __init__(self, probe: SafetyProbe, engine, run_dir: str, metrics_log, compute_context: Callable[[], Any]):
