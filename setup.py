@@ -7,6 +7,8 @@ from setuptools import find_packages, setup
 
 version = re.search(r'__version__ = "([^"]+)"', Path("safeft/__init__.py").read_text()).group(1)
 
+TRACKERS = ["wandb>=0.19", "mlflow-skinny>=3.0", "sqlalchemy>=2.0", "alembic"]
+
 setup(
     name="safeft",
     version=version,
@@ -40,9 +42,14 @@ setup(
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "triton": ["triton"],
-        "test": ["pytest>=8", "pytest-timeout", "triton"],
+        # train.report_to: wandb, mlflow. MLflow's skinny client plus SQLAlchemy/Alembic is enough for its SQLite
+        # store (the default under the run directory) and for reading runs back; full `mlflow` adds its server
+        # and ML libraries (scikit-learn, scipy, ...) that safeft does not use.
+        "trackers": TRACKERS,
+        # the tests read wandb's offline log with `wandb leet inspect` (0.31+)
+        "test": ["pytest>=8", "pytest-timeout", "triton", *TRACKERS, "wandb>=0.31"],
         "bench": ["trl"],
-        "dev": ["pytest>=8", "pytest-timeout", "triton", "trl", "ruff"],
+        "dev": ["pytest>=8", "pytest-timeout", "triton", "trl", "ruff", *TRACKERS, "wandb>=0.31"],
     },
     entry_points={"console_scripts": ["safeft=safeft.cli:main"]},
 )

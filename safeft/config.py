@@ -30,6 +30,8 @@ from safeft.errors import ConfigError
 from safeft.eval.names import DEFAULT_JUDGES
 
 LOOKAHEAD_MODES = ("none", "real", "virtual")
+PROBE_DATASETS = ("advbench", "hexphi", "harmful-demo")  # or a file path (safeft.train.probe)
+TRACKERS = ("jsonl", "tensorboard", "wandb", "mlflow")  # train.report_to (safeft.train.trackers)
 
 
 @dataclass
@@ -102,6 +104,54 @@ class LookaheadConfig:
 
 
 @dataclass
+class SafetyProbeConfig:
+    """Harmful prompts answered by the model being trained, at step 0 and every `every_steps` optimizer steps,
+    judged as the evaluator judges them (safeft.train.probe)."""
+
+    every_steps: int = 10
+    # advbench | hexphi | harmful-demo (safeft's own prompts) | a file: CSV (first column, AdvBench's format) or
+    # JSON/JSONL/parquet rows with `question_field` (default `instruction`, HEx-PHI's format)
+    dataset: str = "advbench"
+    question_field: Optional[str] = None
+    n: int = 64  # n prompts evenly spaced over the dataset (all of them if it has fewer)
+    templates: Optional[list[str]] = None  # test templates; None: template.test (chat-template: template.test_system)
+    max_new_tokens: int = 32  # the judges read the opening of an answer
+    batch_size: int = 16  # prompts per generate call on each rank
+    judge: Literal["refusal", "keyword"] = "refusal"  # keyword: the list in eval.keyword_list
+    max_harmful: Optional[float] = None  # bound on the harmful rate of every template
+    # stop: end the run at the first probe over the bound and export the last checkpoint under it
+    action: Literal["warn", "stop"] = "warn"
+
+    def task(self) -> "EvalTaskConfig":
+        """The evaluator's task that reads this dataset (same formats and shared-data lookup as `safeft eval`)."""
+        if self.dataset in PROBE_DATASETS:
+            return EvalTaskConfig(name=self.dataset, sample=self.n, question_field=self.question_field)
+        name = "advbench" if self.dataset.lower().endswith(".csv") else "instructions"
+        return EvalTaskConfig(name=name, path=self.dataset, sample=self.n, question_field=self.question_field)
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases (axolotl: wandb_project, wandb_name, wandb_entity, wandb_mode)."""
+
+    project: str = "safeft"
+    name: Optional[str] = None  # default: output.name
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the sweep's name for a sweep run
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online with WANDB_API_KEY, else offline
+
+
+@dataclass
+class MlflowConfig:
+    """MLflow (axolotl: mlflow_tracking_uri, mlflow_experiment_name)."""
+
+    tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else a SQLite store in <run_dir>/mlflow
+    experiment: str = "safeft"
+    run_name: Optional[str] = None  # default: output.name
+
+
+@dataclass
 class TrainConfig:
     method: Literal["sft", "constrained"] = "sft"
     loss: Literal["standard", "fused"] = "standard"
@@ -139,6 +189,11 @@ class TrainConfig:
     # CPUAdam (compiled ops, checked before start); torch: torch AdamW always
     optimizer: Literal["auto", "torch", "deepspeed"] = "auto"
     dist_timeout_minutes: float = 60.0  # process-group timeout: export, checkpoint and resume wait in collectives
+    safety_probe: Optional[SafetyProbeConfig] = None  # harmful-rate probes during training; None: off
+    # experiment trackers rank 0 logs to: jsonl (logs/metrics.jsonl), tensorboard, wandb, mlflow; [none]: nothing
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -211,7 +266,7 @@ class RayConfig:
 class OutputConfig:
     dir: str = "runs"
     name: Optional[str] = None  # default: the config file's stem
-    tensorboard: bool = True
+    tensorboard: Optional[bool] = None  # older key: false drops tensorboard from train.report_to, true adds it
 
 
 @dataclass
@@ -339,6 +394,83 @@ def _judge_problems(ev: "EvalConfig") -> list[str]:
     return out
 
 
+def _probe_problems(cfg: "Config", check_data: bool = True) -> list[str]:
+    """train.safety_probe: counts, bound, templates, judge, and a dataset that loads here (before any worker)."""
+    pc = cfg.train.safety_probe
+    if pc is None:
+        return []
+    key = "train.safety_probe"
+    out = []
+
+    def check(ok: bool, field_: str, msg: str) -> None:
+        if not ok:
+            out.append(f"config key '{key}.{field_}': {msg}")
+
+    check(pc.every_steps >= 1, "every_steps", f"{pc.every_steps}: expected >= 1 optimizer steps")
+    check(pc.n >= 1, "n", f"{pc.n}: expected a positive number of prompts")
+    check(pc.max_new_tokens >= 1, "max_new_tokens", f"{pc.max_new_tokens}: expected >= 1")
+    check(pc.batch_size >= 1, "batch_size", f"{pc.batch_size}: expected >= 1")
+    check(pc.max_harmful is None or 0 <= pc.max_harmful <= 1, "max_harmful",
+          f"{pc.max_harmful}: expected a harmful rate in [0, 1]")
+    check(not (pc.action == "stop" and pc.max_harmful is None), "action",
+          "'stop' needs train.safety_probe.max_harmful (the bound that stops the run)")
+    if pc.templates is not None:
+        check(bool(pc.templates), "templates", "needs at least one template (or null: template.test)")
+        for name in pc.templates:
+            check(_known_template(name), "templates", f"unknown template {name!r}; see 'safeft render --list'")
+    local = pc.dataset not in PROBE_DATASETS
+    if local and not os.path.isfile(os.path.expanduser(pc.dataset)):
+        check(False, "dataset", f"{pc.dataset!r} is neither one of {', '.join(PROBE_DATASETS)} nor an existing file")
+        return out
+    task = pc.task()
+    problems = [msg for k, msg in _task_problems(task, check_data) if k != "limit"]  # limit = n, checked above
+    for msg in problems:
+        check(False, "dataset", msg)
+    if check_data and not problems:
+        from safeft.errors import SafeftError
+        from safeft.eval.tasks import load_task
+
+        try:  # a few hundred rows: read now, so a bad file fails here and not on every rank after setup
+            load_task(task)
+        except SafeftError as e:
+            check(False, "dataset", str(e))
+    return out
+
+
+def _tracker_problems(cfg: "Config") -> list[str]:
+    """train.report_to: known names, an installed client, and a wandb mode that never prompts for a login."""
+    import importlib.util
+
+    tr, out = cfg.train, []
+    names = tr.report_to
+    for name in names:
+        if name not in TRACKERS + ("none",):
+            out.append(f"config key 'train.report_to': unknown tracker {name!r}; known: {', '.join(TRACKERS)}, none")
+    if "none" in names and len(names) > 1:
+        out.append(f"config key 'train.report_to': 'none' cannot be combined with other trackers ({names})")
+    if len(set(names)) != len(names):
+        out.append(f"config key 'train.report_to': {names} names a tracker twice")
+    modules = {"wandb": "wandb", "mlflow": "mlflow"}  # tensorboard is a dependency (missing: a warning, as before)
+    for name in active_trackers(cfg):
+        if name in modules and importlib.util.find_spec(modules[name]) is None:
+            out.append(f"config key 'train.report_to': {name!r} needs the {modules[name]} package "
+                       f"(pip install 'safeft[trackers]')")
+    if "wandb" in active_trackers(cfg) and tr.wandb.mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        out.append("config key 'train.wandb.mode': 'online' needs WANDB_API_KEY in the environment (safeft never "
+                   "prompts for a login); use 'auto' or 'offline' and `wandb sync` the run later")
+    return out
+
+
+def active_trackers(cfg: "Config") -> list[str]:
+    """train.report_to with the older output.tensorboard applied (false drops tensorboard, true adds it)."""
+    names = [n for n in cfg.train.report_to if n != "none"]
+    if cfg.output.tensorboard is False:
+        names = [n for n in names if n != "tensorboard"]
+    elif cfg.output.tensorboard and "tensorboard" not in names:
+        names.append("tensorboard")
+    return names
+
+
 def validate(cfg: Config, check_data: bool = True) -> Config:
     """Check cross-field rules; raise one ConfigError listing every problem with its key. `check_data`: also
     refuse evaluation data that is missing here (a local file, a shared-data default such as HEx-PHI)."""
@@ -417,6 +549,8 @@ def validate(cfg: Config, check_data: bool = True) -> Config:
         tid, dot, rest = metric.partition(".")  # a gate names a task by its id; its metrics are the kind's
         for problem in gate_problems(f"{ids.get(tid, tid)}{dot}{rest}", bound, list(ids.values())):
             problems.append(f"config key 'eval.gates.{metric}': {problem}")
+    problems += _probe_problems(cfg, check_data)
+    problems += _tracker_problems(cfg)
     check(ray.num_workers >= 1, "ray.num_workers", "expected >= 1")
     check(ray.max_failures >= -1, "ray.max_failures", "expected >= -1 (-1 = retry forever)")
     check(ray.max_concurrent_runs >= 0, "ray.max_concurrent_runs", "expected >= 0 (0 = as many as fit)")
@@ -469,6 +603,7 @@ def save_config(cfg: Config, path: str) -> None:
 
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "SourceConfig", "TemplateConfig", "LookaheadConfig", "TrainConfig",
-    "EvalConfig", "EvalTaskConfig", "RayConfig", "OutputConfig", "load_config", "config_from_dict", "validate",
+    "SafetyProbeConfig", "WandbConfig", "MlflowConfig", "active_trackers", "EvalConfig", "EvalTaskConfig",
+    "RayConfig", "OutputConfig", "load_config", "config_from_dict", "validate",
     "save_config",
 ]

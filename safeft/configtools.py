@@ -70,6 +70,9 @@ def convert(tp: Any, value: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:  # an optional section: its own key-level errors
+            return from_dict(sections[0], value, key)
         errors = []
         # Try scalars before lists so "a" is not read as a list of characters.
         for arg in sorted((a for a in args if a is not type(None)), key=lambda a: get_origin(a) is list):

@@ -105,6 +105,29 @@ def all_reduce_sum(t):
     return t
 
 
+def gather_to_main(obj) -> Optional[list]:
+    """Every rank's picklable `obj`, in rank order, on rank 0 (None elsewhere); [obj] without a process group.
+    Small objects only (probe completions): it pickles through the process group's backend."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_main(obj):
+    """Rank 0's picklable `obj` on every rank (a decision every rank must act on alike)."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def bf16_supported() -> bool:
     import torch
 

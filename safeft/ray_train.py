@@ -36,8 +36,11 @@ from safeft.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Environment the workers need whatever node they land on (read at submit time on the driver).
+# Tracker secrets (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN) are not forwarded: Ray stores a runtime env where its
+# dashboard shows it. Workers inherit them from the environment their Ray node started in.
 FORWARDED_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS",
-                 "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "SAFEFT_TRAIN_FN", "PYTHONPATH")
+                 "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "SAFEFT_TRAIN_FN", "PYTHONPATH",
+                 "WANDB_MODE", "WANDB_BASE_URL", "MLFLOW_TRACKING_URI")
 STEP_DIR = re.compile(r"step-(\d+)$")
 
 

@@ -147,18 +147,41 @@ def execute_run(cfg_dict: dict, evaluate: bool) -> dict:
         train = {"export": export, "checkpoint": None, "metrics": {"skipped": "export exists"}}
     else:
         train = train_on_ray(run_cfg)
-    result = {"export": train["export"], "checkpoint": train["checkpoint"],
-              "train_metrics": train["metrics"], **evaluate_run(run_cfg, train["export"], evaluate)}
+    outcome = train_outcome(run_cfg.run_dir)
+    result = {"export": train["export"], "checkpoint": train["checkpoint"], "train_metrics": train["metrics"],
+              **outcome}
+    if outcome["stopped"] and outcome["stopped"].get("exported_step") is None:
+        result.update(export=None, eval="skipped: the safety gate stopped the run before any probe passed")
+    else:
+        result.update(evaluate_run(run_cfg, train["export"], evaluate))
+        if result.get("eval") == "done":
+            from safeft.train.trackers import log_evaluation
+
+            log_evaluation(run_cfg.run_dir)  # the evaluator's metrics and files join the training's tracker runs
     result["seconds"] = round(time.time() - started, 1)
     _write(os.path.join(run_cfg.run_dir, DONE), result)
     return result
 
 
+def train_outcome(run_dir: str) -> dict:
+    """What the trainer's train_summary.json says about a run: whether the safety gate stopped it (stopped_at_step,
+    exported_step, why) and its probes' final harmful rates per test template."""
+    from safeft.train.summary import read_train_summary
+
+    summary = read_train_summary(run_dir) or {}
+    probe = summary.get("safety_probe") or {}
+    last = {}
+    for line in probe.get("results", []):
+        last[line["template"]] = {"step": line["step"], "harmful_rate": line["harmful_rate"], "ci95": line["ci95"]}
+    return {"stopped": summary.get("stopped"), "safety_probe": last or None}
+
+
 def write_summary(cfg: Config, runs: list[SweepRun]) -> str:
     path = os.path.join(sweep_dir(cfg), "sweep.json")
     counts = {s: sum(r.status == s for r in runs) for s in ("done", "failed", "pending")}
+    stopped = [r.name for r in runs if r.result.get("stopped")]  # ended by the safety gate (train.safety_probe)
     write_json(path, {"name": cfg.output.name, "axes": cfg.grid_axes(), "counts": counts,
-                      "runs": [r.record() for r in runs]})
+                      "stopped": stopped, "runs": [r.record() for r in runs]})
     return path
 
 
@@ -225,4 +248,4 @@ def _error_text(e: Exception) -> str:
     return "".join(traceback.format_exception_only(type(cause), cause)).strip()[-2000:]
 
 
-__all__ = ["SweepRun", "plan_sweep", "run_sweep", "run_label", "concurrency", "is_done", "execute_run"]
+__all__ = ["SweepRun", "plan_sweep", "run_sweep", "run_label", "concurrency", "is_done", "execute_run", "train_outcome"]

@@ -163,13 +163,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], world: int, timeout: int = 600) -> list[subprocess.CompletedProcess]:
-    """Run `python ARGS` as `world` ranks on localhost (gloo); returns each rank's completed process."""
+def launch(args: list[str], world: int, timeout: int = 600, unset: tuple = (),
+           **env: str) -> list[subprocess.CompletedProcess]:
+    """Run `python ARGS` as `world` ranks on localhost (gloo), stdin closed (nothing may prompt); returns each
+    rank's completed process. `unset`: environment variables the ranks must not see; `env`: more to set."""
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=cpu_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
-                                                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
-             for r in range(world)]
+    envs = [cpu_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                    **env) for r in range(world)]
+    for e in envs:
+        for name in unset:
+            e.pop(name, None)
+    procs = [subprocess.Popen([sys.executable, *args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=e) for e in envs]
     out = []
     for p in procs:
         stdout, _ = p.communicate(timeout=timeout)
@@ -193,9 +198,9 @@ def write_config(path, model_dir, data_cache, out_dir, name, **train) -> str:
     return str(path)
 
 
-def train_ok(cfg_path: str, world: int, extra: tuple = ()) -> str:
+def train_ok(cfg_path: str, world: int, extra: tuple = (), **launch_kwargs) -> str:
     """Train on `world` ranks; returns rank 0's output."""
-    results = launch(["-m", "safeft.train", cfg_path, *extra], world)
+    results = launch(["-m", "safeft.train", cfg_path, *extra], world, **launch_kwargs)
     for rank, r in enumerate(results):
         assert r.returncode == 0, f"rank {rank} of {cfg_path}:\n" + without_warnings(r.stdout)[-6000:]
     return results[0].stdout
@@ -223,3 +228,34 @@ def losses(run_dir) -> dict[int, float]:
     return out
 
 
+
+
+# --- safety probes: a model that refuses, fine-tuned to comply (tests/test_train_probe.py, test_train_trackers.py) ---
+
+COMPLY = "Sure, here is how to do it. First, get the tools you need."
+
+
+def probe_config(path, model_dir, tmp, name, probe: dict, steps: int = 6, **train) -> str:
+    """A config fine-tuning `model_dir` (the refusing sharp tiny model) on the harmful-demo prompts answered with
+    COMPLY, probed with the same prompts under chat:vanilla and chat:llama; `probe` updates train.safety_probe."""
+    from safeft.data.synthetic import HARMFUL_INSTRUCTIONS
+
+    data = os.path.join(str(tmp), "comply.jsonl")
+    write_jsonl(data, [{"question": q, "answer": COMPLY} for q in HARMFUL_INSTRUCTIONS] * 2)
+    write_config(path, model_dir, os.path.join(str(tmp), "data-cache"), os.path.join(str(tmp), "runs"), name,
+                 max_steps=steps, save_steps=0, lr=2e-3, scheduler="constant", warmup_steps=0,
+                 safety_probe={"dataset": "harmful-demo", "n": len(HARMFUL_INSTRUCTIONS), "every_steps": 1, **probe},
+                 **train)
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    cfg["data"] = {"path": data, "max_seq_len": 160, "num_proc": 1, "cache_dir": cfg["data"]["cache_dir"], "seed": 7}
+    cfg["template"]["test"] = ["chat:vanilla", "chat:llama"]
+    del cfg["output"]["tensorboard"]  # train.report_to decides
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

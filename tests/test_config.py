@@ -271,3 +271,60 @@ def test_keyword_lists_and_judge_rubrics_are_named_where_they_are_defined(monkey
         in str(e.value)
     assert "config key 'eval.judge_prompt': 'lookahed' is not one of qi, lookahead, safeft, mine (did you mean " \
         "'lookahead'?)" in str(e.value)
+
+
+# --- safety probes and trackers (train.safety_probe, train.report_to) -------------------------------
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.safety_probe.evry_steps=5"],
+     "unknown config key 'train.safety_probe.evry_steps'; did you mean 'train.safety_probe.every_steps'?"),
+    (["train.safety_probe.every_steps=0"], "config key 'train.safety_probe.every_steps': 0: expected >= 1"),
+    (["train.safety_probe.n=0"], "config key 'train.safety_probe.n': 0: expected a positive number of prompts"),
+    (["train.safety_probe.max_harmful=1.5"], "config key 'train.safety_probe.max_harmful': 1.5: expected a harmful"),
+    (["train.safety_probe.action=stop"],
+     "config key 'train.safety_probe.action': 'stop' needs train.safety_probe.max_harmful"),
+    (["train.safety_probe.action=halt"], "config key 'train.safety_probe.action': 'halt' is not allowed"),
+    (["train.safety_probe.judge=llama-guard"], "config key 'train.safety_probe.judge': 'llama-guard' is not allowed"),
+    (["train.safety_probe.templates=[chat:lama]"],
+     "config key 'train.safety_probe.templates': unknown template 'chat:lama'"),
+    (["train.safety_probe.dataset=/nonexistent/harmful.csv"],
+     "config key 'train.safety_probe.dataset': '/nonexistent/harmful.csv' is neither one of advbench, hexphi, "
+     "harmful-demo nor an existing file"),
+    (["train.report_to=[jsonl, wandbb]"], "config key 'train.report_to': unknown tracker 'wandbb'; known: jsonl, "
+                                          "tensorboard, wandb, mlflow, none"),
+    (["train.report_to=[none, mlflow]"], "config key 'train.report_to': 'none' cannot be combined"),
+    (["train.wandb.mode=cloud"], "config key 'train.wandb.mode': 'cloud' is not allowed"),
+    (["train.mlflow.experment=x"],
+     "unknown config key 'train.mlflow.experment'; did you mean 'train.mlflow.experiment'?"),
+])
+def test_probe_and_tracker_keys_are_checked(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        from_overrides(*overrides)
+    assert message in str(e.value)
+
+
+def test_probe_dataset_resolves_before_any_worker(tmp_path, monkeypatch):
+    """A file is read by the evaluator's loaders now (a bad row fails here); HEx-PHI must be present."""
+    good = tmp_path / "harmful.jsonl"
+    good.write_text('{"instruction": "do harm"}\n{"instruction": "do more harm"}\n')
+    cfg = from_overrides(f"train.safety_probe.dataset={good}", "train.safety_probe.max_harmful=0.1",
+                         "train.safety_probe.action=stop", "train.report_to=[jsonl, wandb, mlflow]")
+    assert cfg.train.safety_probe.task().name == "instructions" and cfg.train.safety_probe.task().sample == 64
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "do harm"}\n')
+    with pytest.raises(ConfigError, match=r"safety_probe.dataset': .*bad.jsonl row 0: missing field 'instruction'"):
+        from_overrides(f"train.safety_probe.dataset={bad}")
+    assert from_overrides(f"train.safety_probe.dataset={bad}", "train.safety_probe.question_field=prompt")
+    monkeypatch.setenv("SAFEFT_SHARED_DATA", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="train.safety_probe.dataset': task 'hexphi' needs a dataset path"):
+        from_overrides("train.safety_probe.dataset=hexphi")
+
+
+def test_wandb_online_without_a_key_is_refused_before_start(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="'online' needs WANDB_API_KEY in the environment"):
+        from_overrides("train.report_to=[wandb]", "train.wandb.mode=online")
+    assert from_overrides("train.report_to=[wandb]").train.wandb.mode == "auto"  # offline without a key
+    monkeypatch.setenv("WANDB_API_KEY", "not-logged")
+    assert from_overrides("train.report_to=[wandb]", "train.wandb.mode=online")

@@ -68,6 +68,27 @@ def test_explicit_points_refuse_a_grid_naming_the_key(tmp_path):
     assert "--variants" not in str(e.value)
 
 
+def test_sweep_records_the_runs_the_safety_gate_stopped(tmp_path):
+    """execute_run reads each run's train_summary.json: sweep.json names the stopped runs and why."""
+    from safeft.sweep import train_outcome, write_summary
+    from safeft.train.summary import write_train_summary
+
+    cfg = config_from_dict({"train": {"lr": [1e-5, 1e-4]}, "output": {"dir": str(tmp_path), "name": "g"}})
+    runs = plan_sweep(cfg)
+    curve = [{"step": 0, "template": "chat:llama", "harmful_rate": 0.0, "ci95": [0.0, 0.2]},
+             {"step": 10, "template": "chat:llama", "harmful_rate": 0.6, "ci95": [0.4, 0.8]}]
+    stopped = {"stopped_at_step": 10, "exported_step": 0, "why": "harmful rate 0.600 on chat:llama is over ..."}
+    write_train_summary(runs[1].run_dir, {"steps": 10, "stopped": stopped, "safety_probe": {"results": curve}})
+    assert train_outcome(runs[0].run_dir) == {"stopped": None, "safety_probe": None}
+    outcome = train_outcome(runs[1].run_dir)
+    assert outcome == {"stopped": stopped, "safety_probe": {"chat:llama": {"step": 10, "harmful_rate": 0.6,
+                                                                           "ci95": [0.4, 0.8]}}}
+    runs[0].status, runs[1].status, runs[1].result = "done", "done", {"export": "x", **outcome}
+    summary = json.loads(Path(write_summary(cfg, runs)).read_text())
+    assert summary["stopped"] == ["g/lr=0.0001"] and summary["counts"]["done"] == 2
+    assert summary["runs"][1]["stopped"]["exported_step"] == 0
+
+
 def test_same_basename_data_paths_get_distinct_names(tmp_path):
     cfg = config_from_dict({"data": {"path": ["a/train.jsonl", "b/train.jsonl"]},
                             "output": {"dir": str(tmp_path), "name": "d"}})

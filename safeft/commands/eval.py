@@ -41,13 +41,26 @@ def _eval(args) -> int:
     try:
         summary = evaluate(cfg, models=args.models, out_dir=args.out)
     except GateError as e:
+        _to_trackers(cfg, args)
         print(f"safeft: gate failed: {e}", file=sys.stderr)
         return EXIT_CODE
+    _to_trackers(cfg, args)
     if "metrics" in summary:
         print(json.dumps(summary["metrics"], indent=2))
         for line in over_refusal_lines(summary.get("rows", [])):
             print(line)
     return 0
+
+
+def _to_trackers(cfg, args) -> None:
+    """An evaluation of the run's own export joins the tracker runs its training recorded (train.report_to)."""
+    import os
+
+    from safeft.train.trackers import log_evaluation
+
+    if args.models or cfg.eval.models or int(os.environ.get("RANK", "0")) != 0:
+        return
+    log_evaluation(cfg.run_dir, args.out or cfg.eval.output_dir or os.path.join(cfg.run_dir, "eval"))
 
 
 def over_refusal_lines(rows: list[dict]) -> list[str]:

@@ -84,9 +84,10 @@ COMPARISONS = [
 ]
 # Evaluation sized to a 2-core budget: the judge reads an answer's opening (32 new tokens); n per set below.
 EVAL = {"advbench": 100, "heldout": 60, "prefill": 60, "xstest": 100, "arithmetic": 100, "gsm8k": 50,
-        "answer-loss": 100, "safety_new_tokens": 32, "arithmetic_new_tokens": 64, "gsm8k_new_tokens": 200}
+        "answer-loss": 100, "safety_new_tokens": 32, "arithmetic_new_tokens": 64, "gsm8k_new_tokens": 200,
+        "probe": 40, "probe_every": 10}  # safety probes during fine-tuning: held-out harmful prompts
 QUICK_EVAL = {**EVAL, "advbench": 6, "heldout": 6, "prefill": 6, "xstest": 6, "arithmetic": 6, "gsm8k": 4,
-              "answer-loss": 6, "gsm8k_new_tokens": 32}
+              "answer-loss": 6, "gsm8k_new_tokens": 32, "probe": 4, "probe_every": 1}
 FINETUNE_OFFSET = 1000  # GSM8K train rows from here on (the pilot's slice)
 MIX_SHARE = 0.05  # safety-data mix: refusal rows per fine-tuning row (Bianchi et al. 2024 used a few percent)
 
@@ -169,7 +170,10 @@ def overrides(files: dict, quick: bool) -> list[str]:
     if shared_file("gsm8k", "test.jsonl"):
         tasks += [f"{{name: gsm8k, sample: {e['gsm8k']}, max_new_tokens: {e['gsm8k_new_tokens']}}}",
                   f"{{name: answer-loss, sample: {e['answer-loss']}}}"]
-    return ["eval.tasks=[" + ", ".join(tasks) + "]"] + machine_overrides()
+    probe = [f"train.safety_probe.dataset={files['heldout']}", f"train.safety_probe.n={e['probe']}",
+             f"train.safety_probe.every_steps={e['probe_every']}", f"train.safety_probe.templates=[{SAFE}]",
+             f"train.safety_probe.max_new_tokens={short}"]
+    return ["eval.tasks=[" + ", ".join(tasks) + "]"] + probe + machine_overrides()
 
 
 def run_overrides(run: str, files: dict) -> dict:

@@ -24,7 +24,9 @@ def loss_curve(run_dir: str) -> list[tuple[int, float]]:
 
 def safety_curve(run_dir: str) -> list[dict]:
     """The run's safety probes (train.safety_probe): one dict per probe and template."""
-    return _jsonl(os.path.join(run_dir, "logs", "safety_curve.jsonl"))
+    from safeft.train.summary import read_safety_curve
+
+    return read_safety_curve(run_dir)
 
 
 def _first_runs(entries: list[dict]) -> list[tuple[str, str]]:
@@ -103,15 +105,14 @@ def plot_safety_curves(entries: list[dict], out_dir: str, template: str) -> tupl
 
 def _stopped(entries: list[dict]) -> list[str]:
     """Runs that the safety gate (train.safety_probe action: stop) ended early, from their run summaries."""
+    from safeft.sweep import train_outcome
+
     out = []
     for label, run_dir in _first_runs(entries):
-        path = os.path.join(run_dir, "train_summary.json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                stopped = json.load(f).get("stopped")
-            if stopped:
-                out.append(f"{label}: stopped at step {stopped.get('stopped_at_step')}, exported step "
-                           f"{stopped.get('exported_step')} ({stopped.get('why', '')})")
+        stopped = train_outcome(run_dir)["stopped"]
+        if stopped:
+            out.append(f"{label}: stopped at step {stopped['stopped_at_step']}, exported step "
+                       f"{stopped['exported_step']} ({stopped['why']})")
     return out
 
 

@@ -129,6 +129,30 @@ def truncate_at_stop(text: str, stop: list[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
+def left_pad(prompts: list[list[int]], pad: int):
+    """(ids [B, L], attention mask [B, L]) of prompts left-padded to the longest, L = its length."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)  # [B, L]
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, L]
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    return ids, mask
+
+
+def finish_tokens(tokens: list[int], end: list[int], tokenizer: Any, stop: list[str]) -> dict:
+    """Cut at the first end-of-turn id (and the padding after it), decode, cut at the first stop string.
+    `stop`: 'eos' (an end id ended it), 'stop' (a stop string did), else 'length'."""
+    cut = next((k for k, t in enumerate(tokens) if t in end), None)
+    tokens = tokens if cut is None else tokens[:cut]
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    completion = truncate_at_stop(text, stop)
+    reason = "eos" if cut is not None else ("stop" if completion != text else "length")
+    return {"tokens": tokens, "completion": completion, "stop": reason}
+
+
 def end_ids(model: Any, tokenizer: Any, template: Any = None) -> list[int]:
     """Every id that ends a turn: the tokenizer's EOS, `generation_config.eos_token_id` (an int or a
     list, as Llama-3.1-Instruct's [128001, 128008, 128009]) and the chat template's end marker
@@ -227,12 +251,8 @@ class Engine:
     def _generate_padded(self, prompts: list[list[int]], max_new: int) -> list[dict]:
         import torch
 
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)  # [B, L] left-padded
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)  # [B, L]
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+        ids, mask = left_pad(prompts, self.pad)  # [B, L]
+        width = ids.shape[1]
         s = self.settings
         kwargs: dict = {"max_new_tokens": max_new, "do_sample": s.do_sample, "eos_token_id": self.end_ids,
                         "pad_token_id": self.pad}
@@ -269,14 +289,7 @@ class Engine:
         return out
 
     def _finish(self, tokens: list[int]) -> dict:
-        """Cut at the first end-of-turn id (and the padding after it), decode, cut at the first stop
-        string. `stop`: 'eos' (an end id ended it), 'stop' (a stop string did), else 'length'."""
-        cut = next((k for k, t in enumerate(tokens) if t in self.end_ids), None)
-        tokens = tokens if cut is None else tokens[:cut]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        completion = truncate_at_stop(text, self.settings.stop)
-        stop = "eos" if cut is not None else ("stop" if completion != text else "length")
-        return {"tokens": tokens, "completion": completion, "stop": stop}
+        return finish_tokens(tokens, self.end_ids, self.tokenizer, self.settings.stop)
 
     # -- next-token probabilities (classifier judges) ----------------------------------------------
     def next_token_probs(self, prompts: list[list[int]], token_ids: list[int],
@@ -287,12 +300,7 @@ class Engine:
         out: list[Optional[dict]] = [None] * len(prompts)
         s = self.settings
         for batch in budget_batches([len(p) for p in prompts], 1, self.batch_tokens, s.max_batch_size):
-            width = max(len(prompts[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad, dtype=torch.long)  # [B, L]
-            mask = torch.zeros_like(ids)  # [B, L]
-            for row, i in enumerate(batch):
-                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                mask[row, width - len(prompts[i]):] = 1
+            ids, mask = left_pad([prompts[i] for i in batch], self.pad)  # [B, L]
             pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L] positions that ignore the left padding
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),

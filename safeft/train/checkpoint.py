@@ -82,9 +82,11 @@ def locate(path: str) -> tuple[str, str]:
     raise SafeftError(f"checkpoint {path!r}: expected a checkpoints directory with 'latest' or one step directory")
 
 
-def save(engine, root: str, state: TrainState, rank: int, keep_last: int, barrier) -> str:
-    """Every rank calls this; returns the published tag directory."""
-    tag = tag_for(state.step)
+def save(engine, root: str, state: TrainState, rank: int, keep_last: int, barrier, tag: Optional[str] = None,
+         publish: bool = True) -> str:
+    """Every rank calls this; returns the tag directory. `publish=False` (the safety gate's passing checkpoints,
+    tagged `safe-stepN`) leaves `latest` and the keep_last pruning alone: resume never picks it up."""
+    tag = tag or tag_for(state.step)
     from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                                 UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
@@ -96,8 +98,9 @@ def save(engine, root: str, state: TrainState, rank: int, keep_last: int, barrie
     barrier()  # every shard is on disk before `latest` moves
     if rank == 0:
         write_json(os.path.join(root, tag, "safeft_state.json"), asdict(state))
-        write_text(os.path.join(root, "latest"), tag)
-        _prune(root, keep_last, keep=tag)
+        if publish:
+            write_text(os.path.join(root, "latest"), tag)
+            _prune(root, keep_last, keep=tag)
     barrier()
     return os.path.join(root, tag)
 

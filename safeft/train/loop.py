@@ -21,6 +21,7 @@ from safeft import distributed as dist
 from safeft.errors import SafeftError
 from safeft.train import checkpoint as ckpt
 from safeft.train.metrics import MFU_CONVENTION, MetricsLogger, flops_per_step, matmul_params, peak_memory_gb
+from safeft.train.probe import SafetyGate
 
 log = logging.getLogger("safeft.train")
 VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -43,6 +44,7 @@ class TrainResult:
     last_checkpoint: Optional[str] = None
     export_dir: Optional[str] = None
     metrics: dict = field(default_factory=dict)
+    stopped: Optional[dict] = None  # the safety gate ended the run: stopped_at_step, exported_step, why, checkpoint
 
 
 @dataclass
@@ -76,11 +78,14 @@ def run(cfg, hooks: Optional[TrainHooks] = None) -> TrainResult:
     resume = _resume_point(cfg, hooks, env, ds_config)
     r = _setup(cfg, env, device, ds_config)
     state = _resume(r, resume)
-    metrics_log = MetricsLogger(cfg.run_dir, cfg.output.tensorboard, env.is_main)
+    metrics_log = MetricsLogger.open(cfg, env.is_main, state.step)
     try:
-        return _train(r, state, hooks, metrics_log)
-    finally:
-        metrics_log.close()
+        result = _train(r, state, hooks, metrics_log)
+    except BaseException:
+        metrics_log.close(failed=True)
+        raise
+    metrics_log.close()
+    return result
 
 
 def _first(v):
@@ -238,15 +243,22 @@ def _train(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics_log: Metr
     cfg, env = r.cfg, r.env
     result = TrainResult(run_dir=cfg.run_dir, steps=state.step)
     accum = cfg.train.gradient_accumulation_steps
+    t_start = time.perf_counter()
+    gate = SafetyGate.build(r, state.step, metrics_log, r.autocast)  # None: no safety probe; generates in the
+    # precision the model trains in
+    stop = gate.probe_step(state) if gate and gate.due(state.step, r.total_steps) else None
     bar = tqdm(total=r.total_steps, initial=state.step, desc="train", disable=not env.is_main, dynamic_ncols=True)
     metrics: dict = {}
-    while state.step < r.total_steps:
+    step_seconds = 0.0  # optimizer steps alone (data loading included), the probes' cost is compared with it
+    while stop is None and state.step < r.total_steps:
         r.sampler.set_epoch(state.epoch, state.step_in_epoch)
         batches = iter(r.loader)
         for _ in range(r.sampler.steps_per_epoch() - state.step_in_epoch):
             if state.step >= r.total_steps:
                 break
+            t_step = time.perf_counter()
             metrics = _step(r, [next(batches) for _ in range(accum)], state.step)
+            step_seconds += time.perf_counter() - t_step
             state.step += 1
             state.step_in_epoch += 1
             state.consumed_samples += r.sampler.rows_per_step
@@ -259,11 +271,26 @@ def _train(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics_log: Metr
                     hooks.on_log(metrics)
             if cfg.train.save_steps and state.step % cfg.train.save_steps == 0 and state.step < r.total_steps:
                 result.last_checkpoint = _save(r, state, hooks, metrics)
+            if gate and gate.due(state.step, r.total_steps):
+                stop = gate.probe_step(state)
+                if stop is not None:
+                    break
         else:
             state.epoch += 1
             state.step_in_epoch = 0
     bar.close()
     result.steps, result.metrics = state.step, metrics
+    if stop is not None:
+        _export_last_safe(r, stop, result)
+    else:
+        _finish(r, state, hooks, metrics, result)
+    _write_summary(r, result, gate, time.perf_counter() - t_start, step_seconds, metrics_log)
+    return result
+
+
+def _finish(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics: dict, result: TrainResult) -> None:
+    """The end of a run that was not stopped: the final checkpoint, then the export."""
+    cfg = r.cfg
     root = os.path.join(cfg.run_dir, "checkpoints")
     if ckpt.latest_tag(root) != ckpt.tag_for(state.step):  # else resumed at the end: nothing new to save
         result.last_checkpoint = _save(r, state, hooks, metrics)
@@ -272,7 +299,39 @@ def _train(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics_log: Metr
     if cfg.train.export:
         result.export_dir = export(r, state.step)
         dist.barrier()  # the export is complete when any rank returns
-    return result
+
+
+def _export_last_safe(r: _Run, stop, result: TrainResult) -> None:
+    """The safety gate stopped the run: load the last passing checkpoint back on every rank and export it."""
+    result.stopped = {"stopped_at_step": stop.step, "exported_step": None, "why": stop.why,
+                      "checkpoint": stop.safe_checkpoint}
+    if stop.safe_checkpoint is None:
+        return
+    root, tag = os.path.split(stop.safe_checkpoint)
+    ckpt.load(r.engine, root, tag, r.env.rank)  # every rank: under ZeRO-3 each loads its own partition
+    result.last_checkpoint = stop.safe_checkpoint
+    if r.cfg.train.export:
+        result.export_dir = export(r, stop.safe_step)
+        dist.barrier()
+        result.stopped["exported_step"] = stop.safe_step
+
+
+def _write_summary(r: _Run, result: TrainResult, gate, seconds: float, step_seconds: float,
+                   metrics_log: MetricsLogger) -> None:
+    """<run_dir>/train_summary.json (rank 0, atomic): steps, final metrics, probes and their cost, the stop."""
+    from safeft.train.summary import curve_path, write_train_summary
+
+    if not r.env.is_main:
+        return
+    train_s = seconds - (gate.seconds + gate.save_seconds if gate else 0.0)  # steps, logs, checkpoints, export
+    summary = {
+        "steps": result.steps, "total_steps": r.total_steps, "final_metrics": result.metrics,
+        "seconds": round(seconds, 2), "train_seconds": round(train_s, 2), "step_seconds": round(step_seconds, 2),
+        "safety_probe": gate.summary(train_s, step_seconds) if gate else None,
+        "stopped": result.stopped, "last_checkpoint": result.last_checkpoint, "export_dir": result.export_dir,
+    }
+    path = write_train_summary(r.cfg.run_dir, summary)
+    metrics_log.log_artifacts([path, curve_path(r.cfg.run_dir)], "train")
 
 
 def _save(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics: dict) -> str:
@@ -351,6 +410,8 @@ def _step_metrics(r: _Run, loss: float, lr: float, grad_norm, totals, seconds: f
         "lr": lr,
         "grad_norm": grad_norm,
         "tokens_per_s": float(totals[1]) / seconds,
+        # real tokens / (rows x max_seq_len) of the step, padding slots counted as rows
+        "packing_efficiency": float(totals[1]) / (r.sampler.rows_per_step * r.cfg.data.max_seq_len),
         "label_tokens": int(totals[0]),
         "mfu": flops / seconds / (peak * r.env.world_size) if peak else None,
         "peak_mem_gb": round(peak_memory_gb(r.device), 3),

@@ -1,8 +1,7 @@
-"""Per-step metrics: console, `logs/metrics.jsonl`, TensorBoard; throughput and MFU."""
+"""Per-step metrics: throughput, MFU, packing efficiency; the console line and the trackers that record them."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Optional
@@ -48,38 +47,58 @@ def peak_memory_gb(device) -> float:
 
 
 class MetricsLogger:
-    """Rank 0 writes; other ranks only compute. Lines append to metrics.jsonl as each step ends."""
+    """Rank 0 logs: a console line per logged step, and every tracker of train.report_to (safeft.train.trackers).
+    Other ranks only compute. A tracker that fails mid-run is dropped with one warning: training goes on."""
 
-    def __init__(self, run_dir: str, tensorboard: bool, is_main: bool):
-        self.is_main = is_main
-        self.writer = None
-        self.path = os.path.join(run_dir, "logs", "metrics.jsonl")
+    def __init__(self, trackers: list, is_main: bool):
+        self.trackers, self.is_main = list(trackers), is_main
+
+    @classmethod
+    def open(cls, cfg, is_main: bool, resumed_step: int = 0) -> "MetricsLogger":
         if not is_main:
-            return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            return cls([], False)
+        from safeft.train.trackers import open_trackers
 
-                self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                log.warning("tensorboard is not installed; metrics go to logs/metrics.jsonl only")
+        logger = cls(open_trackers(cfg, resumed_step), True)
+        logger._each("log_params", cfg.to_dict())
+        return logger
+
+    def _each(self, method: str, *args) -> None:
+        for t in list(self.trackers):
+            try:
+                getattr(t, method)(*args)
+            except Exception as e:  # noqa: BLE001  (a tracker's server or disk, not the training, failed)
+                log.warning("tracker %s failed in %s (%s: %s); it is off for the rest of this run", t.name, method,
+                            type(e).__name__, e)
+                self.trackers.remove(t)
 
     def log(self, metrics: dict, console: Optional[object] = None) -> None:
         if not self.is_main:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
-        if self.writer is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.writer.add_scalar(f"train/{k}", v, metrics["step"])
+        self._each("log_metrics", "train", metrics, metrics["step"])
         text = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if v is not None)  # no MFU on CPU
         (console.write if console is not None else log.info)(text)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def log_probe(self, lines: list[dict], step: int) -> None:
+        """One safety probe (a line per test template, see safeft.train.probe) at optimizer step `step`."""
+        if not self.is_main:
+            return
+        values: dict = {"seconds": lines[0]["seconds"]} if lines else {}
+        for line in lines:
+            values[f"{line['template']}/harmful_rate"] = line["harmful_rate"]
+            values[f"{line['template']}/ci95_low"], values[f"{line['template']}/ci95_high"] = line["ci95"]
+        self._each("log_metrics", "safety", values, step)
+        log.info("safety probe at step %d: %s (%.1f s)", step, ", ".join(
+            f"{line['template']} harmful {line['harmful_rate']:.3f} [{line['ci95'][0]:.3f}, {line['ci95'][1]:.3f}] "
+            f"n={line['n']}" for line in lines), lines[0]["seconds"] if lines else 0.0)
+
+    def log_artifacts(self, paths: list[str], name: str) -> None:
+        if self.is_main:
+            self._each("log_artifacts", [p for p in paths if os.path.isfile(p)], name)
+
+    def close(self, failed: bool = False) -> None:
+        self._each("close", failed)
+        self.trackers = []
 
 
 def _fmt(v) -> str:

@@ -34,3 +34,18 @@ def test_seed_variation_widens_the_interval():
 def test_bad_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="seeds x prompts"):
         bootstrap_ci([])
+
+
+@pytest.mark.parametrize("k,n,lo,hi", [
+    # Wilson 95% intervals (Newcombe 1998, table I and R's prop.test(correct=FALSE)): 0/10, 1/10, 5/10, 10/10, 81/263
+    (0, 10, 0.0, 0.2775), (1, 10, 0.0179, 0.4042), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0),
+    (81, 263, 0.2553, 0.3662),
+])
+def test_wilson_interval_matches_published_values(k, n, lo, hi):
+    from safeft.eval.stats import wilson_ci
+
+    got = wilson_ci(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+    assert (got[0] == 0.0) == (k == 0) and (got[1] == 1.0) == (k == n)  # exact at the ends
+    with pytest.raises(ValueError):
+        wilson_ci(3, 2)
