@@ -78,7 +78,7 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     say(f"[3/5] evaluating the base model (not fine-tuned) under {', '.join(spec.base_templates)}"
         + _expect(expected, "base_eval", "if not done before"))
     t0 = time.time()
-    base_eval = str(root / "base-eval" / os.path.basename(base) / ("quick" if quick else "full"))
+    base_eval = str(root / "base-eval" / os.path.basename(base) / _eval_key(cfg, spec.base_templates))
     with console.quiet():
         evaluate_base(cfg, base, base_eval, spec.base_templates)
     say(f"      base evaluated in {time.time() - t0:.0f} s -> {base_eval}")
@@ -108,6 +108,18 @@ def _expect(expected: dict, stage: str, when: str) -> str:
     """' (about N min on 2 cores, if ...)' from the spec's measured stage times ('' when unknown)."""
     secs = expected.get(stage)
     return f" (about {secs / 60:.0f} min on 2 cores, {when})" if secs else ""
+
+
+def _eval_key(cfg: Any, templates: list[str]) -> str:
+    """The base evaluation's directory name: a hash of what it measures (tasks, generation settings, judges),
+    so a changed evaluation never reads an old summary."""
+    import hashlib
+    import json
+
+    ev = cfg.eval
+    what = {"tasks": [vars(t) for t in ev.tasks], "templates": templates, "dtype": ev.dtype, "judges": ev.judges,
+            "max_new_tokens": ev.max_new_tokens, "stop": ev.stop, "test_system": cfg.template.test_system}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def evaluate_base(cfg: Any, base: str, out: str, templates: list[str]) -> None:
