@@ -231,6 +231,9 @@ class EvalConfig:
     # Weights in evaluation: auto = bf16 on GPUs, fp32 on CPU (exact); bfloat16 on a CPU with native bf16
     # (AVX512-BF16 / AMX) generates ~1.6x faster, greedy text then differs from fp32 as it does on GPUs
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Budget engine: a batch's shared prompt prefix (the test template's system prompt) is prefilled once and its
+    # KV cache copied to every row; the same math, up to floating-point summation order
+    share_prefix: bool = True
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

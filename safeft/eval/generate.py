@@ -41,6 +41,7 @@ class GenSettings:
     stop: list[str] = field(default_factory=list)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # weights: auto = bf16 on GPUs, fp32 on CPU (exact); float32; bfloat16
+    share_prefix: bool = True  # prefill a batch's shared prompt prefix once (budget engine)
     gpus: int = 1
     trust_remote_code: bool = False
 
@@ -48,14 +49,14 @@ class GenSettings:
     def from_config(cls, ev: Any, trust_remote_code: bool = False) -> "GenSettings":
         """The engine's share of the `eval` section (the engine never sees tasks, judges or gates)."""
         shared = ("engine", "batch_tokens", "kv_cache_gb", "max_batch_size", "do_sample", "temperature", "top_p",
-                  "seed", "dtype")
+                  "seed", "dtype", "share_prefix")
         return cls(**{k: getattr(ev, k) for k in shared}, stop=list(ev.stop), gpus=ev.gpus_per_replica,
                    trust_remote_code=trust_remote_code)
 
     def public(self) -> dict:
         """The settings that change outputs (recorded as provenance and in shard fingerprints)."""
         return {"do_sample": self.do_sample, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "stop": self.stop, "dtype": self.dtype}
+                "seed": self.seed, "stop": self.stop, "dtype": self.dtype, "share_prefix": self.share_prefix}
 
 
 # The share of free GPU memory (after the weights load) the budget engine's KV cache may take: the rest
@@ -142,6 +143,27 @@ def left_pad(prompts: list[list[int]], pad: int):
     return ids, mask
 
 
+MIN_SHARED_PREFIX = 16  # tokens: below this a separate prefill of the prefix saves less than it costs
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix every prompt shares (a test template's system prompt and header), leaving each
+    prompt at least one token of its own; 0 when shorter than MIN_SHARED_PREFIX."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    k = next((i for i in range(n) if any(p[i] != first[i] for p in prompts)), max(n, 0))
+    return k if k >= MIN_SHARED_PREFIX else 0
+
+
+def prefix_pad(prompts: list[list[int]], prefix: int, pad: int):
+    """(ids [B, P + S], attention mask [B, P + S]): the shared prefix (P tokens) first, then each prompt's own
+    tokens left-padded to the longest (S); the padding sits between them, masked, so positions stay contiguous."""
+    import torch
+
+    ids, mask = left_pad([p[prefix:] for p in prompts], pad)  # [B, S]
+    head = torch.tensor(prompts[0][:prefix], dtype=torch.long).expand(len(prompts), prefix)  # [B, P]
+    return torch.cat([head, ids], dim=1), torch.cat([torch.ones_like(head), mask], dim=1)
+
+
 def finish_tokens(tokens: list[int], end: list[int], tokenizer: Any, stop: list[str]) -> dict:
     """Cut at the first end-of-turn id (and the padding after it), decode, cut at the first stop string.
     `stop`: 'eos' (an end id ended it), 'stop' (a stop string did), else 'length'."""
@@ -197,6 +219,13 @@ class Engine:
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         self.engine = self._pick_engine(settings.engine)
         self.batch_tokens = self._token_budget()
+        # The generate()/forward keyword of a KV cache: `cache` in newer transformers, `past_key_values` before
+        import inspect
+
+        params = inspect.signature(type(self.model).forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.share_prefix = settings.share_prefix and ("cache" in params or "past_key_values" in params)
+        self._prefix_caches: dict = {}
 
     def _token_budget(self) -> int:
         """`batch_tokens` capped by the KV bytes this replica may use (logged: it decides the batch sizes)."""
@@ -249,9 +278,12 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def _generate_padded(self, prompts: list[list[int]], max_new: int) -> list[dict]:
+        """One left-padded batch. Prompts that share a long prefix (a test template's system prompt) have its
+        keys and values computed once and copied into the batch's cache: only their own tokens are prefilled."""
         import torch
 
-        ids, mask = left_pad(prompts, self.pad)  # [B, L]
+        prefix = shared_prefix(prompts) if self.share_prefix else 0
+        ids, mask = prefix_pad(prompts, prefix, self.pad) if prefix else left_pad(prompts, self.pad)  # [B, L]
         width = ids.shape[1]
         s = self.settings
         kwargs: dict = {"max_new_tokens": max_new, "do_sample": s.do_sample, "eos_token_id": self.end_ids,
@@ -263,8 +295,24 @@ class Engine:
         if s.stop:
             kwargs.update(stop_strings=s.stop, tokenizer=self.tokenizer)
         with torch.no_grad():
+            if prefix:
+                kwargs[self.cache_arg] = self._prefix_cache(tuple(prompts[0][:prefix]), len(prompts))
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         return [self._finish(row[width:].tolist()) for row in gen.cpu()]  # gen: [B, L + new]
+
+    def _prefix_cache(self, prefix: tuple, batch: int):
+        """A fresh KV cache holding `prefix` (computed once per prefix, then copied) for a batch of `batch`."""
+        import copy
+
+        import torch
+
+        if prefix not in self._prefix_caches:
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+            self._prefix_caches = {prefix: getattr(out, self.cache_arg)}  # one template at a time: keep the last
+        cache = copy.deepcopy(self._prefix_caches[prefix])
+        cache.batch_repeat_interleave(batch)
+        return cache
 
     def _generate_continuous(self, prompts, max_new, on_batch) -> list[dict]:
         from transformers import GenerationConfig

@@ -159,3 +159,32 @@ def test_local_judge_models(sharp_model_dir, tiny_model_dir, tmp_path):
         p = torch.softmax(judge(torch.tensor([ids])).logits[0, -1], -1)
     unsafe = tok("unsafe", add_special_tokens=False)["input_ids"][0]
     assert recs[0]["scores"]["llama_guard_p_unsafe"] == pytest.approx(p[unsafe].item(), rel=1e-4, abs=1e-7)
+
+
+def test_shared_prefix_is_found_and_keeps_a_token_of_each_prompt():
+    from safeft.eval.generate import MIN_SHARED_PREFIX, shared_prefix
+
+    head = list(range(100, 100 + MIN_SHARED_PREFIX + 4))
+    assert shared_prefix([head + [1, 2], head + [3], head + [1, 5, 6]]) == len(head)
+    assert shared_prefix([head + [1], head + [1]]) == len(head)  # identical prompts: the last token stays their own
+    assert shared_prefix([head, head + [7]]) == len(head) - 1
+    assert shared_prefix([head[:5] + [1] + head[5:], head + [2]]) == 0  # diverge early: nothing worth sharing
+
+
+@pytest.mark.parametrize("template", ["chat:llama", "chat-template:llama2"])
+def test_shared_prefix_generation_equals_plain_padding(sharp_model_dir, tokenizer, template):
+    """The safety prompt's keys and values computed once and copied into each batch give the same greedy tokens
+    as prefilling it in every row (fp32), over batches of mixed lengths."""
+    from safeft.eval.generate import Engine, GenSettings, shared_prefix
+
+    t = get_template(template, tokenizer=tokenizer)
+    qs = [p["question"] for p in arithmetic_problems(5, seed=4)] + list(HARMFUL_INSTRUCTIONS[:7])
+    prompts = [build_prompt_ids(t, tokenizer, {"question": q})[0] for q in qs]
+    assert shared_prefix(prompts) > 50  # the system prompt and the template's header are shared
+    outs = {}
+    for share in (False, True):
+        engine = Engine(sharp_model_dir, GenSettings(engine="budget", batch_tokens=1200, share_prefix=share))
+        outs[share] = engine.generate(prompts, 12)
+        assert engine.share_prefix == share
+    assert [o["tokens"] for o in outs[True]] == [o["tokens"] for o in outs[False]]
+    assert len({tuple(o["tokens"]) for o in outs[True]}) > 1  # the prompts' own tokens matter
