@@ -88,8 +88,8 @@ COMPARISONS = [
                "xstest", ("ptst", SAFE), ("vanilla", DEFAULT)),
 ]
 # Evaluation sized to a 2-core budget: the judge reads an answer's opening (32 new tokens); n per set below.
-EVAL = {"advbench": 100, "heldout": 60, "prefill": 60, "xstest": 100, "arithmetic": 100, "gsm8k": 50,
-        "answer-loss": 100, "safety_new_tokens": 32, "arithmetic_new_tokens": 64, "gsm8k_new_tokens": 200,
+EVAL = {"advbench": 100, "heldout": 60, "prefill": 60, "xstest": 80, "arithmetic": 60, "gsm8k": 30,
+        "answer-loss": 60, "safety_new_tokens": 32, "arithmetic_new_tokens": 64, "gsm8k_new_tokens": 192,
         "probe": 40, "probe_every": 10}  # safety probes during fine-tuning: held-out harmful prompts
 QUICK_EVAL = {**EVAL, "advbench": 6, "heldout": 6, "prefill": 6, "xstest": 6, "arithmetic": 6, "gsm8k": 4,
               "answer-loss": 6, "gsm8k_new_tokens": 32, "probe": 4, "probe_every": 1}

@@ -9,7 +9,7 @@ show alignment eroding. The base stands in for the safety tuning a released chat
    sharded evaluator under its default system message; answers it refused, or left empty, are dropped, and
    answers cut by the token limit end at their last full sentence, so it keeps its helpful voice;
 3. refusals (safeft.demo.alignment.REFUSALS) of the harmful requests of the training topics and phrasings;
-4. one epoch of `safeft.train.run` on Ray Train (configs/demo/smollm2_align.yaml), every row under the model's
+4. two epochs of `safeft.train.run` on Ray Train (configs/demo/smollm2_align.yaml), every row under the model's
    chat template with the Llama-2 safety prompt or with its own default system message. Refusals are trained
    under the safety prompt three times in four, benign rows one time in two: the refusals lean on the safety
    prompt, as Llama-2-chat's do (the premise PTST builds on; decided before any fine-tuning was measured).
@@ -157,7 +157,7 @@ def last_full_sentence(text: str) -> str:
 
 
 def _align(work: str, model_dir: str, rows: dict, recipe: dict, console: Any, overrides: list[str]) -> str:
-    """One epoch of safeft.train.run on Ray Train over the alignment rows; returns the run directory."""
+    """safeft.train.run on Ray Train over the alignment rows (configs/demo/smollm2_align.yaml); returns the run dir."""
     from safeft.config import load_config
     from safeft.ray_train import train_on_ray
 
@@ -173,7 +173,7 @@ def _align(work: str, model_dir: str, rows: dict, recipe: dict, console: Any, ov
                                           f"data.cache_dir={os.path.join(work, 'data-cache')}",
                                           f"train.seed={recipe['seed']}"] + machine)
     if console is not None:
-        console.say(f"      aligning: {sum(map(len, rows.values()))} rows, one epoch on Ray Train "
+        console.say(f"      aligning: {sum(map(len, rows.values()))} rows, {cfg.train.epochs:g} epoch(s) on Ray Train "
                     f"({cfg.ray.num_workers} workers, ZeRO-{cfg.train.zero_stage}, {cfg.train.precision})")
         with console.quiet():
             train_on_ray(cfg)
