@@ -16,7 +16,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: venv test test-fast demo demo-seeds bench gpu-check clean
+.PHONY: venv test test-fast demo demo-seeds bench bench-real-train bench-real-eval gpu-check clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ demo-seeds: venv
 bench: venv
 	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/data_pipeline.py
+
+# SmolLM2-135M-Instruct on this CPU: training against TRL / HF Trainer, evaluation against lm-eval-harness
+bench-real-train: venv
+	$(PIP) install -q -e ".[bench]"
+	$(PY) bench/real_train.py
+
+bench-real-eval: venv
+	$(PIP) install -q -e ".[bench]"
+	$(PY) bench/real_eval.py
 
 # Runs with the machine's own python3 (a GPU image brings torch/transformers/triton; .whl/ the rest, see
 # bench/gpu_wheels.sh), not .venv: results go to $OUT when set, else runs/gpu-check/.

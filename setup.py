@@ -40,9 +40,11 @@ setup(
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "triton": ["triton"],
-        "test": ["pytest>=8", "pytest-timeout", "triton"],
-        "bench": ["trl"],
-        "dev": ["pytest>=8", "pytest-timeout", "triton", "trl", "ruff"],
+        # The peers of bench/real_train.py and bench/real_eval.py, pinned: their figures in BENCHMARKS.md are for
+        # these versions. In `test` too, so CI runs both benchmarks at a tiny size (tests/test_bench_real.py).
+        "test": ["pytest>=8", "pytest-timeout", "triton", "trl==1.16.0", "lm-eval==0.4.13"],
+        "bench": ["trl==1.16.0", "lm-eval==0.4.13"],
+        "dev": ["pytest>=8", "pytest-timeout", "triton", "trl==1.16.0", "lm-eval==0.4.13", "ruff"],
     },
     entry_points={"console_scripts": ["safeft=safeft.cli:main"]},
 )

@@ -350,6 +350,7 @@ def _step_metrics(r: _Run, loss: float, lr: float, grad_norm, totals, seconds: f
         "loss": loss,
         "lr": lr,
         "grad_norm": grad_norm,
+        "tokens": int(totals[1]),  # tokens of the step over all ranks: no padding but 1 per empty slot
         "tokens_per_s": float(totals[1]) / seconds,
         "label_tokens": int(totals[0]),
         "mfu": flops / seconds / (peak * r.env.world_size) if peak else None,
