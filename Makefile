@@ -21,7 +21,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: venv doctor test test-fast demo demo-seeds demo-toy bench gpu-check clean
+.PHONY: venv doctor test test-fast demo demo-seeds demo-toy bench bench-real-train bench-real-eval gpu-check clean
 
 # The preflight (safeft/doctor.py, standard library only) checks the compiler, venv support and disk before
 # anything is installed, and says which torch build pip would install before it does.
@@ -65,6 +65,15 @@ demo-toy: venv
 bench: venv
 	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/data_pipeline.py
+
+# SmolLM2-135M-Instruct on this CPU: training against TRL / HF Trainer, evaluation against lm-eval-harness
+bench-real-train: venv
+	$(PIP) install -q -e ".[bench]"
+	$(PY) bench/real_train.py
+
+bench-real-eval: venv
+	$(PIP) install -q -e ".[bench]"
+	$(PY) bench/real_eval.py
 
 # The python that runs it: GPU_CHECK_PY when set; else .venv's when it exists (a CPU machine: a CPU smoke run);
 # else the machine's python3 when it has torch (a GPU image brings torch/transformers/triton, .whl/ the rest,

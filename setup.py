@@ -7,6 +7,7 @@ from setuptools import find_packages, setup
 
 version = re.search(r'__version__ = "([^"]+)"', Path("safeft/__init__.py").read_text()).group(1)
 
+BENCH_PEERS = ["trl==1.16.0", "lm-eval==0.4.13"]
 TRACKERS = ["wandb>=0.19", "mlflow-skinny>=3.0", "sqlalchemy>=2.0", "alembic"]
 
 setup(
@@ -46,10 +47,12 @@ setup(
         # store (the default under the run directory) and for reading runs back; full `mlflow` adds its server
         # and ML libraries (scikit-learn, scipy, ...) that safeft does not use.
         "trackers": TRACKERS,
-        # the tests read wandb's offline log with `wandb leet inspect` (0.31+)
-        "test": ["pytest>=8", "pytest-timeout", "triton", *TRACKERS, "wandb>=0.31"],
-        "bench": ["trl"],
-        "dev": ["pytest>=8", "pytest-timeout", "triton", "trl", "ruff", *TRACKERS, "wandb>=0.31"],
+        # The peers of bench/real_train.py and bench/real_eval.py, pinned: their figures in BENCHMARKS.md are for
+        # these versions. In `test` too, so CI runs both benchmarks at a tiny size (tests/test_bench_real.py);
+        # the tests read wandb's offline log with `wandb leet inspect` (0.31+).
+        "test": ["pytest>=8", "pytest-timeout", "triton", *TRACKERS, "wandb>=0.31", *BENCH_PEERS],
+        "bench": BENCH_PEERS,
+        "dev": ["pytest>=8", "pytest-timeout", "triton", "ruff", *TRACKERS, "wandb>=0.31", *BENCH_PEERS],
     },
     entry_points={"console_scripts": ["safeft=safeft.cli:main"]},
 )

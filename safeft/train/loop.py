@@ -409,6 +409,7 @@ def _step_metrics(r: _Run, loss: float, lr: float, grad_norm, totals, seconds: f
         "loss": loss,
         "lr": lr,
         "grad_norm": grad_norm,
+        "tokens": int(totals[1]),  # tokens of the step over all ranks: no padding but 1 per empty slot
         "tokens_per_s": float(totals[1]) / seconds,
         # real tokens / (rows x max_seq_len) of the step, padding slots counted as rows
         "packing_efficiency": float(totals[1]) / (r.sampler.rows_per_step * r.cfg.data.max_seq_len),

@@ -1,0 +1,148 @@
+"""What bench/real_train.py and bench/real_eval.py share: the model, the GSM8K rows, child processes, the record.
+
+Both benchmarks run every side in its own process with the same thread count (`--threads`, 1 by default:
+on this shared 2-core machine, two OpenMP threads per process wait a scheduler slice at every parallel
+region whenever another job holds the other core, which made single runs 5-10x slower and unrepeatable).
+A side that uses two processes (safeft's two ranks or two replicas) uses twice the cores, and says so.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TEMPLATE = "chat-template"  # the model's own chat template (ChatML) ...
+SYSTEM = "none"  # ... without a system prompt of ours: SmolLM2's template then inserts its default one
+PACKAGES = ("safeft", "torch", "transformers", "accelerate", "deepspeed", "datasets", "trl", "lm_eval")
+
+
+def model_dir(name_or_path: str) -> str:
+    """A plain HF directory: the named default (imported once from its GGUF file) or a directory as is."""
+    from safeft.model_import import resolve_model
+
+    return resolve_model(name_or_path)
+
+
+def gsm8k_rows(split: str) -> list[dict]:
+    from safeft.data.load import read_records
+    from safeft.data.shared import shared_file
+
+    path = shared_file("gsm8k", f"{split}.jsonl")
+    if path is None:
+        sys.exit(f"needs GSM8K {split}: set SAFEFT_SHARED_DATA to the folder holding gsm8k/{split}.jsonl")
+    return [row for row, _ in read_records(path)]
+
+
+def chat_template(tokenizer):
+    from safeft.templates import get_template
+
+    return get_template(TEMPLATE, tokenizer=tokenizer, system=SYSTEM)
+
+
+def child_env(threads: int, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    env.update(extra)
+    return env
+
+
+def run_children(cmds: list[list[str]], envs: list[dict], log_path: str, timeout: float) -> float:
+    """Start every command at once (one side: one process, or its ranks), wait for all; wall seconds.
+    Their output goes to `log_path`; a failure raises with its tail."""
+    t0 = time.perf_counter()
+    with open(log_path, "a", encoding="utf-8") as log:
+        procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=log, stderr=subprocess.STDOUT) for c, e in zip(cmds, envs)]
+        try:
+            codes = [p.wait(timeout=timeout) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+    if any(codes):
+        tail = Path(log_path).read_text(encoding="utf-8", errors="replace")[-4000:]
+        raise RuntimeError(f"{' '.join(cmds[0][1:4])} exited with {codes}; log {log_path}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled every `every` seconds while the benchmark runs."""
+
+    def __init__(self, every: float = 15.0):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.is_set():
+            self.samples.append(os.getloadavg()[0])
+            self._stop.wait(every)
+
+    def summary(self) -> dict:
+        self._stop.set()
+        s = self.samples or [os.getloadavg()[0]]
+        return {"min": round(min(s), 2), "median": round(statistics.median(s), 2), "max": round(max(s), 2),
+                "samples": len(s)}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
+                                                                       * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def median(values: list[float]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: str, record: dict, markdown: str) -> None:
+    """`out` (JSON) and the same name with .md, atomically."""
+    from safeft.io import write_json, write_text
+
+    write_json(out, record)
+    write_text(str(Path(out).with_suffix(".md")), markdown)
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
