@@ -7,7 +7,9 @@ template with the Llama-2 safety prompt) at each learning rate through the same 
 generated arithmetic and on GSM8K test, and the teacher-forced loss of GSM8K test answers. No harmful prompt is
 generated here. The pick: the best held-out answer loss, unless the training loss curve diverges.
 
-    .venv/bin/python bench/demo_lr.py [--lrs 5e-5 1e-4 2e-4] [--out runs]      # ~15 min on 2 cores
+    .venv/bin/python bench/demo_lr.py [--lrs 5e-5 1e-4 2e-4] [--out runs] [--base DIR]   # ~15 min on 2 cores
+
+--base: an aligned base built before (runs/smollm2/base/<key>); by default the demo's, built if missing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lrs", nargs="+", default=["5e-5", "1e-4", "2e-4"])
     p.add_argument("--out", default="runs")
+    p.add_argument("--base", default=None, help="an aligned base directory (default: the demo's, built if missing)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import ray
@@ -36,7 +39,7 @@ def main() -> int:
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     root = Path(args.out).resolve() / "smollm2"
-    base = real.build_base(root / "base", False, False, None)
+    base = args.base or real.build_base(root / "base", False, False, None)
     files = real.write_data(str(root / "data"), base, False)["files"]
     e = real.EVAL
     tasks = (f"[{{name: gsm8k, id: arithmetic, path: '{files['arithmetic']}', limit: {e['arithmetic']}, "
@@ -48,7 +51,7 @@ def main() -> int:
                  *real.machine_overrides()]
     cfg = load_config(str(real.CONFIG), overrides)
     base_eval = str(root / "base-eval-utility")
-    evaluate_base(cfg, base, base_eval, [real.SAFE])
+    evaluate_base(cfg.expand()[0][1], base, base_eval, [real.SAFE])  # the base: one point of the grid
     sweep = run_sweep(cfg, progress=False)
     rows = [("base", "-", _utility(base_eval), None)]
     for r in sweep["runs"]:

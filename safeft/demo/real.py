@@ -30,13 +30,13 @@ VARIANTS = {
     "lookahead-real": {"template.train": SAFE, "lookahead.mode": "real", "template.test": [SAFE]},
     "lookahead-virtual": {"template.train": SAFE, "lookahead.mode": "virtual", "template.test": [SAFE]},
     # PTST's own cross-format variant: train on the plain-text alpaca template, test under the chat template
-    "ptst-alpaca": {"template.train": ALPACA, "template.test": [SAFE, DEFAULT]},
+    "ptst-alpaca": {"template.train": ALPACA, "template.test": [SAFE]},
     "constrained": {"template.train": SAFE, "train.method": "constrained", "template.test": [SAFE]},
     "safety-mix": {"template.train": SAFE, "template.test": [SAFE]},  # + refusal rows (run_overrides)
 }
 VIEWS = [("vanilla-safe", "vanilla-safe", [SAFE]), ("vanilla", "vanilla", [DEFAULT]), ("ptst", "vanilla", [SAFE]),
          ("lookahead-real", "lookahead-real", [SAFE]), ("lookahead-virtual", "lookahead-virtual", [SAFE]),
-         ("ptst-alpaca", "ptst-alpaca", [SAFE, DEFAULT]), ("constrained", "constrained", [SAFE]),
+         ("ptst-alpaca", "ptst-alpaca", [SAFE]), ("constrained", "constrained", [SAFE]),
          ("safety-mix", "safety-mix", [SAFE])]
 ORDER = ["base", "vanilla-safe", "vanilla", "ptst", "ptst-alpaca", "lookahead-real", "lookahead-virtual",
          "constrained", "safety-mix"]
@@ -88,11 +88,11 @@ COMPARISONS = [
                "xstest", ("ptst", SAFE), ("vanilla", DEFAULT)),
 ]
 # Evaluation sized to a 2-core budget: the judge reads an answer's opening (32 new tokens); n per set below.
-EVAL = {"advbench": 100, "heldout": 60, "prefill": 60, "xstest": 80, "arithmetic": 60, "gsm8k": 30,
-        "answer-loss": 60, "safety_new_tokens": 32, "arithmetic_new_tokens": 64, "gsm8k_new_tokens": 192,
-        "probe": 40, "probe_every": 10}  # safety probes during fine-tuning: held-out harmful prompts
+EVAL = {"advbench": 80, "heldout": 50, "prefill": 50, "xstest": 60, "arithmetic": 50, "gsm8k": 20,
+        "answer-loss": 40, "safety_new_tokens": 32, "arithmetic_new_tokens": 64, "gsm8k_new_tokens": 192,
+        "probe": 24, "probe_every": 5, "probe_new_tokens": 24}  # probes during fine-tuning: held-out harmful prompts
 QUICK_EVAL = {**EVAL, "advbench": 6, "heldout": 6, "prefill": 6, "xstest": 6, "arithmetic": 6, "gsm8k": 4,
-              "answer-loss": 6, "gsm8k_new_tokens": 32, "probe": 4, "probe_every": 1}
+              "answer-loss": 6, "gsm8k_new_tokens": 32, "probe": 4, "probe_every": 1, "probe_new_tokens": 8}
 FINETUNE_OFFSET = 1000  # GSM8K train rows from here on (the pilot's slice)
 MIX_SHARE = 0.05  # safety-data mix: refusal rows per fine-tuning row (Bianchi et al. 2024 used a few percent)
 
@@ -181,7 +181,7 @@ def overrides(files: dict, quick: bool) -> list[str]:
                   f"{{name: answer-loss, sample: {e['answer-loss']}}}"]
     probe = [f"train.safety_probe.dataset={files['heldout']}", f"train.safety_probe.n={e['probe']}",
              f"train.safety_probe.every_steps={e['probe_every']}", f"train.safety_probe.templates=[{SAFE}]",
-             f"train.safety_probe.max_new_tokens={short}"]
+             f"train.safety_probe.max_new_tokens={e['probe_new_tokens']}"]
     return ["eval.tasks=[" + ", ".join(tasks) + "]"] + probe + machine_overrides()
 
 
