@@ -65,19 +65,26 @@ def child_env(threads: int, **extra: str) -> dict:
 
 def run_children(cmds: list[list[str]], envs: list[dict], log_path: str, timeout: float) -> float:
     """Start every command at once (one side: one process, or its ranks), wait for all; wall seconds.
-    Their output goes to `log_path`; a failure raises with its tail."""
+    Each child writes its own log (`log_path` + .<side>.<i>); a failure raises with the failing child's last
+    line first (a truncated report still shows why) and its tail."""
     t0 = time.perf_counter()
-    with open(log_path, "a", encoding="utf-8") as log:
-        procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=log, stderr=subprocess.STDOUT) for c, e in zip(cmds, envs)]
-        try:
-            codes = [p.wait(timeout=timeout) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-    if any(codes):
-        tail = Path(log_path).read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"{' '.join(cmds[0][1:4])} exited with {codes}; log {log_path}:\n{tail}")
+    side = cmds[0][cmds[0].index("--child") + 1] if "--child" in cmds[0] else "child"
+    logs = [f"{log_path}.{side}.{i}" for i in range(len(cmds))]
+    procs = []
+    try:
+        for c, e, path in zip(cmds, envs, logs):
+            with open(path, "w", encoding="utf-8") as log:
+                procs.append(subprocess.Popen(c, cwd=REPO, env=e, stdout=log, stderr=subprocess.STDOUT))
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    bad = [i for i, code in enumerate(codes) if code]
+    if bad:
+        tail = Path(logs[bad[0]]).read_text(encoding="utf-8", errors="replace")[-6000:]
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "(no output)")
+        raise RuntimeError(f"{side} exited with {codes}: {last.strip()}\nlog {logs[bad[0]]}:\n{tail}")
     return time.perf_counter() - t0
 
 

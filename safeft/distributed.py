@@ -33,6 +33,7 @@ class DistEnv:
     local_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    port_is_ours: bool = False  # a lone process's free port, picked here: another may be picked if it is taken
 
     @property
     def is_main(self) -> bool:
@@ -56,6 +57,7 @@ def dist_env() -> DistEnv:
         local_rank=int(env.get("LOCAL_RANK", "0")),
         master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
         master_port=int(port) if port else (_free_port() if world == 1 else 29500),
+        port_is_ours=not port and world == 1,
     )
 
 
@@ -76,16 +78,26 @@ def init(env: DistEnv, timeout_minutes: float = 60.0) -> Any:
     import deepspeed
     import torch
 
-    os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
-                      MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
     kind = device_type()
     if kind == "cuda":
         # Under Ray the worker's GPU is Ray's choice, not LOCAL_RANK (Ray's ids are not in local-rank order).
         index = int(os.environ.get(PINNED_DEVICE_ENV, env.local_rank))
         torch.cuda.set_device(index)
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if kind == "cuda" else "gloo", verbose=False,
-                                   timeout=timedelta(minutes=timeout_minutes))
+    # A free port picked for a lone process can be taken (another process's outgoing connection) before the
+    # store binds it: pick another. A port the launcher chose is never changed (every rank must agree on it).
+    for attempt in range(3 if env.port_is_ours else 1):
+        os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
+                          MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port))
+        if torch.distributed.is_initialized():
+            break
+        try:
+            deepspeed.init_distributed(dist_backend="nccl" if kind == "cuda" else "gloo", verbose=False,
+                                       timeout=timedelta(minutes=timeout_minutes))
+            break
+        except torch.distributed.DistNetworkError:
+            if attempt == 2 or not env.port_is_ours:
+                raise
+            env.master_port = _free_port()
     return torch.device("cuda", index) if kind == "cuda" else torch.device("cpu")
 
 

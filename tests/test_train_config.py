@@ -321,3 +321,27 @@ def test_init_keeps_the_gpu_a_launcher_pinned(monkeypatch, pinned, want):
         monkeypatch.delenv(key, raising=False)
     device = distributed.init(distributed.DistEnv(rank=1, world_size=2, local_rank=1))
     assert chosen == [want] and device == torch.device("cuda", want)
+
+
+def test_a_lone_process_whose_free_port_was_taken_picks_another():
+    """Between picking a free port and binding it, another process can take it; a lone process retries."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.helpers import cpu_env
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = ("import os, torch.distributed as d; from safeft import distributed as s\n"
+                f"s.init(s.DistEnv(master_port={port}, port_is_ours=True)); print(os.environ['MASTER_PORT'])\n"
+                "d.destroy_process_group()")
+        r = subprocess.run([sys.executable, "-c", code], env=cpu_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert int(r.stdout.split()[-1]) != port
+        # A port the launcher chose is every rank's: never changed, the error surfaces.
+        code = code.replace("port_is_ours=True", "port_is_ours=False")
+        r = subprocess.run([sys.executable, "-c", code], env=cpu_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "EADDRINUSE" in r.stderr
