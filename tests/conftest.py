@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from ray_cluster import cluster  # noqa: F401 (a module-scoped local Ray cluster, for the tests that ask for it)
 from skip_report import NO_CUDA, pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401 (hooks)
 
 

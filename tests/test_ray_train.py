@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from helpers import REPO
-from ray_cluster import RAY_BIN, cluster  # noqa: F401  (module fixture)
+from ray_cluster import RAY_BIN
 from safeft.config import config_from_dict
 from safeft.errors import ConfigError
 from safeft.ray_train import ray_run_name, restored_step, trim_consumed_log

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from helpers import ADVBENCH, GSM8K_TEST, GSM8K_TRAIN, REPO, SAMSUM_TEST, have_shared_data, skip_without_shared
-from ray_cluster import cluster  # noqa: F401  (module fixture)
 from safeft.config import config_from_dict, load_config
 from safeft.errors import ConfigError
 from safeft.io import write_json
@@ -147,7 +146,7 @@ def test_dry_run_lists_runs_without_ray(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sweep_job_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny_model_dir):  # noqa: F811
+def test_sweep_job_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny_model_dir):
     """The bundled sweep through `ray job submit`, cut to its LookAhead axis (2 runs side by side on 2 cores);
     the 2x2 expansion itself is checked by test_dry_run_lists_runs_without_ray."""
     pytest.importorskip("safeft.train")
