@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import subprocess
 import sys
 
@@ -39,8 +40,16 @@ def smol_tiny(tmp_path_factory) -> str:
 
 
 def _run(script: str, *args: str) -> None:
-    r = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=900)
+    """Run a benchmark as CI meets it: its caller's environment still names a process group (rank 0 of 1 at a
+    port that is held), as after an in-process test joined one. No side may inherit it (CI failed on this:
+    the safeft and lm-eval children rendezvoused at the held port, EADDRINUSE)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        stale = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(held.getsockname()[1])}
+        r = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, env=cpu_env(**stale),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-6000:]
 
 
