@@ -54,13 +54,11 @@ def chat_template(tokenizer):
     return get_template(TEMPLATE, tokenizer=tokenizer, system=SYSTEM)
 
 
-# torch.distributed's rendezvous variables: a child never inherits its parent's (a process group the parent, or
-# a test in the same interpreter, joined still holds that port), and gets its own only through `extra`.
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 def child_env(threads: int, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    """A side's environment: no rendezvous variables of this process (a side's ranks get theirs in `extra`)."""
+    from safeft.distributed import RENDEZVOUS_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu",
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")

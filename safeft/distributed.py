@@ -24,6 +24,9 @@ from safeft.errors import ConfigError
 PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
               "A10G": 125e12, "L40S": 362e12, "L4": 121e12}
 PINNED_DEVICE_ENV = "SAFEFT_CUDA_DEVICE"  # set by a launcher (Ray) that already chose this process's GPU
+# torch.distributed's rendezvous variables. init() exports them into its own process; a child process started
+# afterwards must not inherit them (that process group still holds the port), so spawners drop these.
+RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass

@@ -56,8 +56,9 @@ def cpu_env(**extra: str) -> dict:
     """Environment for subprocesses: DeepSpeed on CPU, the repo importable, quiet tokenizers, and none of
     torch.distributed's rendezvous variables that a test in this interpreter may have set (its process group
     still holds that port); a subprocess that needs them gets them through `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    from safeft.distributed import RENDEZVOUS_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
     env.update(
         DS_ACCELERATOR="cpu",
         TOKENIZERS_PARALLELISM="false",

@@ -317,7 +317,7 @@ def test_init_keeps_the_gpu_a_launcher_pinned(monkeypatch, pinned, want):
         monkeypatch.delenv(distributed.PINNED_DEVICE_ENV, raising=False)
     else:
         monkeypatch.setenv(distributed.PINNED_DEVICE_ENV, pinned)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for key in distributed.RENDEZVOUS_VARS:
         monkeypatch.delenv(key, raising=False)
     device = distributed.init(distributed.DistEnv(rank=1, world_size=2, local_rank=1))
     assert chosen == [want] and device == torch.device("cuda", want)
