@@ -60,6 +60,11 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     say = console.say
     say(f"safeft demo ({spec.name}): logs of Ray, DeepSpeed and transformers go to {console.log_path}")
 
+    # One local Ray instance for every stage, started here without log streaming: otherwise the first stage to
+    # need Ray (the evaluator's replicas) starts it streaming, and Ray Train's background actors' warnings then
+    # reach the console between stages. Their logs stay in the Ray session folder (printed at the end).
+    with console.quiet():
+        _start_ray()
     expected = {} if quick else spec.expected_s
     say("[1/5] base model" + _expect(expected, "base", "if it is not cached"))
     t0 = time.time()
@@ -132,8 +137,6 @@ def evaluate_base(cfg: Any, base: str, out: str, templates: list[str]) -> None:
 
 
 def _sweep(cfg: Any, points: dict, console: Console) -> dict:
-    import ray
-
     from safeft.sweep import run_sweep
 
     started, finished = time.time(), []
@@ -146,12 +149,18 @@ def _sweep(cfg: Any, points: dict, console: Console) -> dict:
                     f"{', ' + left if left else ''}]" + (f": {run.error.splitlines()[-1]}" if run.error else ""))
 
     with console.quiet():
-        if not ray.is_initialized():
-            ray.init(num_cpus=2, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+        _start_ray()
         sweep = run_sweep(cfg, progress=False, points=points, on_result=on_result)
     if sweep["failed"]:
         raise SafeftError(f"{sweep['failed']} demo run(s) failed; see {sweep['summary']} and {console.log_path}")
     return sweep
+
+
+def _start_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
 
 
 def _entries(spec: DemoSpec, base_eval: str, sweep: dict) -> list[dict]:
