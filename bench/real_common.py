@@ -54,6 +54,15 @@ def chat_template(tokenizer):
     return get_template(TEMPLATE, tokenizer=tokenizer, system=SYSTEM)
 
 
+def parse_sides(parser, text: str, known) -> list[str]:
+    """`--sides a,b`: the named sides in order, or a parser error naming the unknown ones and the known."""
+    sides = [s for s in text.split(",") if s]
+    unknown = [s for s in sides if s not in known]
+    if unknown:
+        parser.error(f"--sides: unknown {unknown}; known: {', '.join(known)}")
+    return sides
+
+
 def child_env(threads: int, **extra: str) -> dict:
     """A side's environment: no rendezvous variables of this process (a side's ranks get theirs in `extra`)."""
     from safeft.distributed import RENDEZVOUS_VARS

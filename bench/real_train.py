@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_common import (  # noqa: E402
     DEFAULT_MODEL, LoadSampler, chat_template, child_env, gsm8k_rows, machine, markdown_table, median, model_dir,
-    peak_rss_mb, read_json, run_children, versions, write_outputs,
+    parse_sides, peak_rss_mb, read_json, run_children, versions, write_outputs,
 )
 
 SIDES = ("safeft", "safeft-2rank", "trl-packed", "trl-padded", "hf-padded")
@@ -311,10 +311,7 @@ def main() -> int:
         write_outputs(args.render, record, md)
         print(md)
         return 0
-    args.sides = [s for s in args.sides.split(",") if s]
-    unknown = [s for s in args.sides if s not in SIDES]
-    if unknown:
-        p.error(f"--sides: unknown {unknown}; known: {', '.join(SIDES)}")
+    args.sides = parse_sides(p, args.sides, SIDES)
     return orchestrate(args)
 
 
