@@ -177,6 +177,9 @@ class TrainConfig:
     seed: Union[int, list[int]] = grid_field(42)
     save_steps: int = 0  # 0: only at the end
     keep_last: int = 2
+    # false: once a run is exported (and, in a sweep, evaluated), its resumable checkpoints/ are deleted and the
+    # export is the run's model; a 7B run's ZeRO checkpoint is ~16 bytes per parameter, its bf16 export 2
+    keep_checkpoints: bool = True
     resume: str = "auto"  # auto | never | a checkpoint directory
     log_steps: int = 1
     export: bool = True
@@ -522,6 +525,8 @@ def validate(cfg: Config, check_data: bool = True) -> Config:
     check(tr.warmup_steps >= 0, "train.warmup_steps", "expected >= 0")
     check(tr.max_grad_norm >= 0, "train.max_grad_norm", "expected >= 0 (0 disables clipping)")
     check(tr.keep_last >= 1, "train.keep_last", "expected >= 1")
+    check(tr.keep_checkpoints or tr.export, "train.keep_checkpoints",
+          "false deletes the checkpoints once the run is exported, but train.export is false: nothing would remain")
     check(tr.save_steps >= 0, "train.save_steps", "expected >= 0")
     check(not (tr.offload == "all" and tr.zero_stage != 3), "train.offload",
           "'all' offloads parameters, which needs train.zero_stage: 3 (ZeRO-2 can offload only the optimizer)")

@@ -162,6 +162,8 @@ def test_malformed_overrides(override, message):
         (["train.lr=2"], "config key 'train.lr': 2.0: expected a learning rate in (0, 1)"),
         (["data.mixture=[{weight: 1}]"], "config key 'data.mixture[0]': needs a 'path' or a 'preset'"),
         (["train.deepspeed_config=/nonexistent/ds.json"], "config key 'train.deepspeed_config'"),
+        (["train.keep_checkpoints=false", "train.export=false"],
+         "config key 'train.keep_checkpoints': false deletes the checkpoints once the run is exported"),
     ],
 )
 def test_cross_field_validation(overrides, message):

@@ -156,6 +156,7 @@ def test_sweep_job_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny
         "model": {"name_or_path": tiny_model_dir},
         "data": {"cache_dir": str(tmp_path / "cache")},
         "template": {"train": "chat:vanilla"},
+        "train": {"keep_checkpoints": False},
         "output": {"dir": str(tmp_path / "runs"), "name": "sweep_tiny"},
     }))
     first = cluster.submit(["sweep", str(cfg_path)], "safeft-sweep-1")
@@ -165,6 +166,7 @@ def test_sweep_job_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny
     for run in summary["runs"]:
         run_dir = Path(run["run_dir"])
         assert (run_dir / DONE).is_file() and (run_dir / "export" / "model.safetensors").is_file()
+        assert not (run_dir / "checkpoints").exists() and run["checkpoint"] is None  # train.keep_checkpoints
         assert run["eval"] == "done" and (run_dir / "eval" / "summary.json").is_file()
         rows = json.loads((run_dir / "eval" / "summary.json").read_text())["rows"]
         assert {(r["task"], r["template"]) for r in rows} == {

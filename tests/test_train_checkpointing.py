@@ -93,3 +93,22 @@ def test_checkpointing_that_no_layer_takes_up_fails_at_setup_naming_the_key(tiny
     mcfg.gradient_checkpointing = False
     model, _ = load_model(mcfg, 2, None, torch.float32, "sdpa")
     assert model.training  # without the option the same model loads, in train mode
+
+
+def test_checkpoints_are_dropped_only_once_the_export_is_complete(tmp_path):
+    """train.keep_checkpoints: false (safeft.train.checkpoint.drop_after_export, called by sweeps and
+    `safeft train`): an unfinished export (no safeft_run.json, the file its renamed directory always holds)
+    keeps the checkpoints that could rebuild it."""
+    from safeft.commands.train import _drop_checkpoints
+    from safeft.config import config_from_dict
+
+    run = tmp_path / "r"
+    (run / "checkpoints" / "step00000004").mkdir(parents=True)
+    (run / "export").mkdir()
+    keep = config_from_dict({"output": {"dir": str(tmp_path), "name": "r"}})
+    drop = config_from_dict({"output": {"dir": str(tmp_path), "name": "r"}, "train": {"keep_checkpoints": False}})
+    assert not _drop_checkpoints(drop) and (run / "checkpoints").is_dir()  # export incomplete
+    (run / "export" / "safeft_run.json").write_text("{}")
+    assert not _drop_checkpoints(keep) and (run / "checkpoints").is_dir()  # the default keeps them
+    assert _drop_checkpoints(drop) and not (run / "checkpoints").exists()
+    assert (run / "export" / "safeft_run.json").is_file()

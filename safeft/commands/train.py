@@ -67,6 +67,7 @@ def _train(args) -> int:
         from safeft.ray_train import train_on_ray
 
         train_on_ray(cfg)
+        _drop_checkpoints(cfg)
         return 0
     hooks = TrainHooks()
     if args.resume == "auto":
@@ -78,8 +79,17 @@ def _train(args) -> int:
         hooks.resume_from = args.resume
     result = run(cfg, hooks)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {result.steps} steps; checkpoint {result.last_checkpoint}; export {result.export_dir}")
+        dropped = _drop_checkpoints(cfg)
+        print(f"trained {result.steps} steps; checkpoint {'deleted' if dropped else result.last_checkpoint}; "
+              f"export {result.export_dir}")
     return 0
+
+
+def _drop_checkpoints(cfg) -> bool:
+    """train.keep_checkpoints: false deletes the run's checkpoints once its export is complete."""
+    from safeft.train.checkpoint import drop_after_export
+
+    return not cfg.train.keep_checkpoints and drop_after_export(cfg.run_dir) is not None
 
 
 def _export(args) -> int:

@@ -54,6 +54,9 @@ def test_demo_quick_produces_every_artefact_quietly_and_reruns_from_cache(tmp_pa
     assert {"harmful_rate", "prefill_harmful_rate", "exact_match"} <= {x["metric"] for x in effects}
     assert "Verdict" in (report / "report.md").read_text()
     assert (report / "effects.png").stat().st_size > 1000
+    runs = list((out / "toy").glob("runs-*/*,seed=0"))
+    assert len(runs) == 2 and all((r / "export" / "model.safetensors").is_file() for r in runs)
+    assert not any((r / "checkpoints").exists() for r in runs)  # configs/demo: train.keep_checkpoints false
 
     again = _demo(out, "--quick", timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -38,3 +38,5 @@ def test_quick_main_job_runs_every_stage_on_the_real_model(tmp_path):
     recipe = json.loads(next((out / "smollm2" / "base").glob("*/base_recipe.json")).read_text())
     assert recipe["data"]["benign"] == 16 and recipe["data"]["refusals"] == 16
     assert "Verdict" in (report / "report.md").read_text()
+    runs = list((out / "smollm2").glob("runs-*/*,seed=0"))
+    assert len(runs) == 2 and not any((r / "checkpoints").exists() for r in runs)  # 2.1 GB each otherwise
