@@ -162,9 +162,24 @@ STEPS = 4
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is released
+    here and can be taken again by any outgoing connection before the service meant for it binds it (CI: Ray's
+    client server lost 127.0.0.1:44217 that way and the head exited)."""
+    import random
+
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{low - 12000}, {low}) after 200 tries")
 
 
 def launch(args: list[str], world: int, timeout: int = 600, unset: tuple = (),

@@ -91,3 +91,28 @@ def test_ray_cluster_sbatch_trains_on_ray_and_tears_down(slurm, tmp_path, tiny_m
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
     assert left == [], f"Ray processes of the job still running: {left}"
     assert not (Path.home() / ".ray" / f"safeft-{job}.token").exists()  # the per-job token is removed
+
+
+def test_ray_cluster_sbatch_stops_when_the_head_cannot_start(slurm, tmp_path):
+    """The head's `ray start` exits (here: its client-server port is taken, as happened in CI): the job ends
+    with an error naming it within a poll or two, rather than waiting on a cluster that will never come up."""
+    import socket
+
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        extra = f"--ray-client-server-port={taken} " + " ".join(f"{flag}={free_port()}" for flag in (
+            "--dashboard-agent-listen-port", "--runtime-env-agent-port", "--metrics-export-port"))
+        env = _job_env(RAY_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()), RAY_TMPDIR=ray_tmp,
+                       CPUS_PER_NODE="2", RAY_START_ARGS=extra)
+        job, code = slurm.sbatch_wait(
+            ["--nodes=1", "--cpus-per-task=2", f"--output={tmp_path / 'head-%j.out'}",
+             "launcher/slurm/ray_cluster.sbatch", TINY, "--set", f"output.dir={tmp_path / 'runs'}"],
+            env=env, cwd=str(REPO), timeout=240)
+    log = (tmp_path / f"head-{job}.out").read_text()
+    assert code != "0:0" and "the Ray head exited before the cluster came up" in log, log[-3000:]
+    assert "running: safeft.launch" not in log
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+    assert left == [], f"Ray processes of the job still running: {left}"
