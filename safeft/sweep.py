@@ -158,11 +158,10 @@ def execute_run(cfg_dict: dict, evaluate: bool) -> dict:
             from safeft.train.trackers import log_evaluation
 
             log_evaluation(run_cfg.run_dir)  # the evaluator's metrics and files join the training's tracker runs
-    if not run_cfg.train.keep_checkpoints:
-        from safeft.train.checkpoint import drop_after_export
+    from safeft.train.checkpoint import drop_after_export
 
-        if drop_after_export(run_cfg.run_dir):
-            result["checkpoint"] = None  # train.keep_checkpoints: false; the export is the run's model
+    if drop_after_export(run_cfg):
+        result["checkpoint"] = None  # train.keep_checkpoints: false; the export is the run's model
     result["seconds"] = round(time.time() - started, 1)
     _write(os.path.join(run_cfg.run_dir, DONE), result)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -165,10 +166,8 @@ def free_port() -> int:
     """A port free now, below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is released
     here and can be taken again by any outgoing connection before the service meant for it binds it (CI: Ray's
     client server lost 127.0.0.1:44217 that way and the head exited)."""
-    import random
-
     try:
-        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
     for _ in range(200):

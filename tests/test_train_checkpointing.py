@@ -96,19 +96,19 @@ def test_checkpointing_that_no_layer_takes_up_fails_at_setup_naming_the_key(tiny
 
 
 def test_checkpoints_are_dropped_only_once_the_export_is_complete(tmp_path):
-    """train.keep_checkpoints: false (safeft.train.checkpoint.drop_after_export, called by sweeps and
-    `safeft train`): an unfinished export (no safeft_run.json, the file its renamed directory always holds)
-    keeps the checkpoints that could rebuild it."""
-    from safeft.commands.train import _drop_checkpoints
+    """train.keep_checkpoints: false (drop_after_export, called by sweeps and `safeft train`): an unfinished
+    export (no safeft_run.json, the file its renamed directory always holds) keeps the checkpoints that could
+    rebuild it."""
     from safeft.config import config_from_dict
+    from safeft.train.checkpoint import drop_after_export
 
     run = tmp_path / "r"
     (run / "checkpoints" / "step00000004").mkdir(parents=True)
     (run / "export").mkdir()
     keep = config_from_dict({"output": {"dir": str(tmp_path), "name": "r"}})
     drop = config_from_dict({"output": {"dir": str(tmp_path), "name": "r"}, "train": {"keep_checkpoints": False}})
-    assert not _drop_checkpoints(drop) and (run / "checkpoints").is_dir()  # export incomplete
+    assert drop_after_export(drop) is None and (run / "checkpoints").is_dir()  # export incomplete
     (run / "export" / "safeft_run.json").write_text("{}")
-    assert not _drop_checkpoints(keep) and (run / "checkpoints").is_dir()  # the default keeps them
-    assert _drop_checkpoints(drop) and not (run / "checkpoints").exists()
+    assert drop_after_export(keep) is None and (run / "checkpoints").is_dir()  # the default keeps them
+    assert drop_after_export(drop) == str(run / "checkpoints") and not (run / "checkpoints").exists()
     assert (run / "export" / "safeft_run.json").is_file()

@@ -52,7 +52,7 @@ def _train(args) -> int:
     from safeft.config import load_config
     from safeft.errors import SafeftError
     from safeft.train import TrainHooks, run
-    from safeft.train.checkpoint import latest_tag
+    from safeft.train.checkpoint import drop_after_export, latest_tag
 
     cfg = load_config(args.config, args.overrides).single("train")
     if args.check_only:
@@ -67,7 +67,7 @@ def _train(args) -> int:
         from safeft.ray_train import train_on_ray
 
         train_on_ray(cfg)
-        _drop_checkpoints(cfg)
+        drop_after_export(cfg)
         return 0
     hooks = TrainHooks()
     if args.resume == "auto":
@@ -79,17 +79,10 @@ def _train(args) -> int:
         hooks.resume_from = args.resume
     result = run(cfg, hooks)
     if int(os.environ.get("RANK", "0")) == 0:
-        dropped = _drop_checkpoints(cfg)
+        dropped = drop_after_export(cfg)  # train.keep_checkpoints: false
         print(f"trained {result.steps} steps; checkpoint {'deleted' if dropped else result.last_checkpoint}; "
               f"export {result.export_dir}")
     return 0
-
-
-def _drop_checkpoints(cfg) -> bool:
-    """train.keep_checkpoints: false deletes the run's checkpoints once its export is complete."""
-    from safeft.train.checkpoint import drop_after_export
-
-    return not cfg.train.keep_checkpoints and drop_after_export(cfg.run_dir) is not None
 
 
 def _export(args) -> int:

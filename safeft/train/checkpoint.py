@@ -112,11 +112,12 @@ def _prune(root: str, keep_last: int, keep: str) -> None:
         shutil.rmtree(os.path.join(root, f"{old}_universal"), ignore_errors=True)
 
 
-def drop_after_export(run_dir: str) -> Optional[str]:
+def drop_after_export(cfg) -> Optional[str]:
     """`train.keep_checkpoints: false`: delete <run_dir>/checkpoints once <run_dir>/export is complete (the export
     directory is renamed into place whole). Returns the deleted directory, or None when nothing was."""
-    root = os.path.join(run_dir, "checkpoints")
-    if not os.path.isfile(os.path.join(run_dir, "export", "safeft_run.json")) or not os.path.isdir(root):
+    root = os.path.join(cfg.run_dir, "checkpoints")
+    done = os.path.isfile(os.path.join(cfg.run_dir, "export", "safeft_run.json"))
+    if cfg.train.keep_checkpoints or not done or not os.path.isdir(root):
         return None
     shutil.rmtree(root)
     return root
