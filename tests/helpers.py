@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -179,6 +180,15 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in [{low - 12000}, {low}) after 200 tries")
+
+
+@contextlib.contextmanager
+def held_port():
+    """A localhost port this process binds and listens on for the block's length: a port someone else took."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
 
 
 def launch(args: list[str], world: int, timeout: int = 600, unset: tuple = (),

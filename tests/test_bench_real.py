@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from helpers import REPO, cpu_env
+from helpers import REPO, cpu_env, held_port
 
 
 def _needs(*modules: str) -> None:
@@ -43,11 +42,9 @@ def _run(script: str, *args: str) -> None:
     """Run a benchmark as CI meets it: its caller's environment still names a process group (rank 0 of 1 at a
     port that is held), as after an in-process test joined one. No side may inherit it (CI failed on this:
     the safeft and lm-eval children rendezvoused at the held port, EADDRINUSE)."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
+    with held_port() as port:
         stale = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(held.getsockname()[1])}
+                 "MASTER_PORT": str(port)}
         r = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, env=cpu_env(**stale),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-6000:]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, cpu_env
-from ray_cluster import free_port
+from helpers import REPO, cpu_env, free_port, held_port
 
 pytestmark = pytest.mark.slow
 TINY = "configs/examples/tiny.yaml"
@@ -70,13 +69,21 @@ def test_deepspeed_sbatch_rejects_bad_config_before_training(slurm, tmp_path, ti
     assert not (tmp_path / "runs" / "bad" / "checkpoints").exists()
 
 
+def _ray_job_env(ray_tmp: str, client_port: int | None = None) -> dict:
+    """ray_cluster.sbatch's environment with every Ray port chosen here (`client_port`: the client server's)."""
+    ports = {"--ray-client-server-port": client_port or free_port(), "--dashboard-agent-listen-port": free_port(),
+             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port()}
+    return _job_env(RAY_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()), RAY_TMPDIR=ray_tmp,
+                    CPUS_PER_NODE="2", RAY_START_ARGS=" ".join(f"{flag}={port}" for flag, port in ports.items()))
+
+
+def _ray_processes_left(ray_tmp: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+
+
 def test_ray_cluster_sbatch_trains_on_ray_and_tears_down(slurm, tmp_path, tiny_model_dir):
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
-    extra = " ".join(f"{flag}={free_port()}" for flag in (
-        "--ray-client-server-port", "--dashboard-agent-listen-port", "--runtime-env-agent-port",
-        "--metrics-export-port"))
-    env = _job_env(RAY_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()), RAY_TMPDIR=ray_tmp,
-                   CPUS_PER_NODE="2", RAY_START_ARGS=extra)
+    env = _ray_job_env(ray_tmp)
     out = tmp_path / "ray-%j.out"
     job, code = slurm.sbatch_wait(
         ["--nodes=1", "--cpus-per-task=2", f"--output={out}", "launcher/slurm/ray_cluster.sbatch", TINY,
@@ -88,7 +95,7 @@ def test_ray_cluster_sbatch_trains_on_ray_and_tears_down(slurm, tmp_path, tiny_m
     _check_export(run_dir)
     assert sorted(p.name for p in run_dir.glob("logs/consumed-rank*.jsonl")) == [
         "consumed-rank0.jsonl", "consumed-rank1.jsonl"]  # 2 Ray Train workers
-    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+    left = _ray_processes_left(ray_tmp)
     assert left == [], f"Ray processes of the job still running: {left}"
     assert not (Path.home() / ".ray" / f"safeft-{job}.token").exists()  # the per-job token is removed
 
@@ -96,23 +103,14 @@ def test_ray_cluster_sbatch_trains_on_ray_and_tears_down(slurm, tmp_path, tiny_m
 def test_ray_cluster_sbatch_stops_when_the_head_cannot_start(slurm, tmp_path):
     """The head's `ray start` exits (here: its client-server port is taken, as happened in CI): the job ends
     with an error naming it within a poll or two, rather than waiting on a cluster that will never come up."""
-    import socket
-
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        taken = held.getsockname()[1]
-        extra = f"--ray-client-server-port={taken} " + " ".join(f"{flag}={free_port()}" for flag in (
-            "--dashboard-agent-listen-port", "--runtime-env-agent-port", "--metrics-export-port"))
-        env = _job_env(RAY_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()), RAY_TMPDIR=ray_tmp,
-                       CPUS_PER_NODE="2", RAY_START_ARGS=extra)
+    with held_port() as taken:
         job, code = slurm.sbatch_wait(
             ["--nodes=1", "--cpus-per-task=2", f"--output={tmp_path / 'head-%j.out'}",
              "launcher/slurm/ray_cluster.sbatch", TINY, "--set", f"output.dir={tmp_path / 'runs'}"],
-            env=env, cwd=str(REPO), timeout=240)
+            env=_ray_job_env(ray_tmp, client_port=taken), cwd=str(REPO), timeout=240)
     log = (tmp_path / f"head-{job}.out").read_text()
     assert code != "0:0" and "the Ray head exited before the cluster came up" in log, log[-3000:]
     assert "running: safeft.launch" not in log
-    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+    left = _ray_processes_left(ray_tmp)
     assert left == [], f"Ray processes of the job still running: {left}"

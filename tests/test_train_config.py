@@ -325,16 +325,12 @@ def test_init_keeps_the_gpu_a_launcher_pinned(monkeypatch, pinned, want):
 
 def test_a_lone_process_whose_free_port_was_taken_picks_another():
     """Between picking a free port and binding it, another process can take it; a lone process retries."""
-    import socket
     import subprocess
     import sys
 
-    from tests.helpers import cpu_env
+    from tests.helpers import cpu_env, held_port
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with held_port() as port:
         code = ("import os, torch.distributed as d; from safeft import distributed as s\n"
                 f"s.init(s.DistEnv(master_port={port}, port_is_ours=True)); print(os.environ['MASTER_PORT'])\n"
                 "d.destroy_process_group()")
