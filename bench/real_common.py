@@ -100,6 +100,36 @@ def run_children(cmds: list[list[str]], envs: list[dict], log_path: str, timeout
     return time.perf_counter() - t0
 
 
+def slots(sides: list[str], processes: dict, pair: bool) -> list[list[str]]:
+    """The order sides run in, as slots of sides that run at once. `pair`: one-process sides two at a time, in
+    the order given, one per core (so a pair meets the same outside load); a side of several processes runs
+    alone. Without `pair`, one side at a time."""
+    out: list[list[str]] = []
+    waiting: Optional[list[str]] = None
+    for s in sides:
+        if not pair or processes.get(s, 1) > 1:
+            out.append([s])
+        elif waiting is None:
+            waiting = [s]
+            out.append(waiting)
+        else:
+            waiting.append(s)
+            waiting = None
+    return out
+
+
+def run_slot(slot: list[str], run_one) -> list[dict]:
+    """Run the sides of one slot at once (`run_one(side) -> dict`, each starting its own processes); a side's
+    record says which sides shared its slot."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(slot)) as pool:
+        results = list(pool.map(run_one, slot))
+    for r in results:
+        r["ran_with"] = [s for s in slot if s != r["side"]]
+    return results
+
+
 class LoadSampler:
     """The 1-minute load average, sampled every `every` seconds while the benchmark runs."""
 

@@ -1,12 +1,13 @@
 """Evaluation on a real model: safeft's evaluator against lm-eval-harness (hf backend) and a naive generate loop.
 
-SmolLM2-135M-Instruct in fp32 (safeft's evaluator on CPU), greedy, on the first --n GSM8K test questions
+SmolLM2-135M-Instruct with --dtype weights on every side, greedy, on the first --n GSM8K test questions
 (the shared test.jsonl), each asked as the single user turn of the model's chat template without a system
 prompt of ours (SmolLM2's template then inserts its default one), --max-new new tokens, generation ending
 at the model's end-of-turn id `<|im_end|>` and no other stop string. Every side's completions are scored
 by the same scorer (safeft.eval.scoring's GSM8K exact match) and compared text for text.
 
-Sides (each in its own process, interleaved, `--repeats` times):
+Sides (each in its own process, interleaved, `--repeats` times; with --pair, the default, one-process sides run
+two at a time, one per core: safeft beside lm-eval, then naive; the two-process side alone):
     safeft            safeft.eval.evaluate, 1 replica (token-budget batches, longest prompt first)
     safeft-2replicas  the same with eval.replicas 2 (two Ray actors: two processes, twice the cores)
     lm-eval           lm-eval-harness `hf` backend, a local-file task (a YAML over a local jsonl, written to a
@@ -16,8 +17,9 @@ Batch size of lm-eval and the naive loop: by default the mean batch safeft's own
 prompts (its budget of 16384 KV tokens and cap of 64), so every side works on batches of the same size.
 Time = the side's evaluation call, model load included; wall = the whole child process (imports, Ray).
 
-    python bench/real_eval.py                        # n 200, 128 new tokens, 2 repeats: runs/bench/real_eval.{json,md}
-    python bench/real_eval.py --n 40 --max-new 64 --repeats 1 --sides safeft,lm-eval
+    python bench/real_eval.py                        # n 200, 128 new tokens, bf16: runs/bench/real_eval.{json,md}
+    python bench/real_eval.py --dtype float32 --repeats 2 --no-pair   # exact numerics, one side at a time
+    python bench/real_eval.py --n 40 --max-new 64 --sides safeft,lm-eval
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_common import (  # noqa: E402
     DEFAULT_MODEL, SYSTEM, TEMPLATE, LoadSampler, chat_template, child_env, gsm8k_rows, machine, markdown_table,
-    median, model_dir, parse_sides, peak_rss_mb, read_json, run_children, versions, write_outputs,
+    median, model_dir, parse_sides, peak_rss_mb, read_json, run_children, run_slot, slots, versions, write_outputs,
 )
 
-SIDES = ("safeft", "safeft-2replicas", "lm-eval", "naive")
+SIDES = ("safeft", "lm-eval", "naive", "safeft-2replicas")
 BATCH_TOKENS, MAX_BATCH = 16384, 64  # safeft's eval.batch_tokens / eval.max_batch_size defaults
 
 
@@ -53,6 +55,7 @@ def child_safeft(a, questions: list[str]) -> dict:
         "template": {"test": [TEMPLATE], "test_system": SYSTEM},
         "eval": {"tasks": [{"name": "gsm8k", "path": a.questions_jsonl, "limit": a.n, "max_new_tokens": a.max_new}],
                  "replicas": replicas, "backend": "auto", "engine": "budget", "batch_tokens": BATCH_TOKENS,
+                 "dtype": a.dtype,
                  "max_batch_size": MAX_BATCH, "judges": ["refusal"], "output_dir": os.path.join(a.work, "eval")},
         "output": {"dir": a.work, "name": "run", "tensorboard": False},
     })
@@ -82,7 +85,7 @@ def child_lm_eval(a, questions: list[str]) -> dict:
     Path(task_dir, "safeft_bench_gsm8k.yaml").write_text(yaml_text, encoding="utf-8")
     t0 = time.perf_counter()
     out = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": a.model, "dtype": "float32", "device": "cpu"},
+        model="hf", model_args={"pretrained": a.model, "dtype": a.dtype, "device": "cpu"},
         tasks=["safeft_bench_gsm8k"], task_manager=TaskManager(include_path=task_dir), batch_size=a.batch,
         limit=a.n, apply_chat_template=True, log_samples=True, num_fewshot=0)
     seconds = time.perf_counter() - t0
@@ -102,7 +105,7 @@ def child_naive(a, questions: list[str]) -> dict:
 
     t0 = time.perf_counter()
     tok = load_tokenizer(a.model)
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).eval()
     template = chat_template(tok)
     ends, pad = end_ids(model, tok, template), tok.pad_token_id
     prompts = [encode_prompt(template, tok, q) for q in questions]
@@ -147,7 +150,8 @@ def mean_safeft_batch(tok, questions: list[str], max_new: int) -> int:
 def run_side(side: str, args, log: str) -> dict:
     work = tempfile.mkdtemp(prefix=f"{side}-", dir=args.work)
     cmd = [sys.executable, __file__, "--child", side, "--work", work, "--model", args.model_dir, "--n", str(args.n),
-           "--max-new", str(args.max_new), "--batch", str(args.batch), "--questions-jsonl", args.questions_jsonl]
+           "--max-new", str(args.max_new), "--batch", str(args.batch), "--questions-jsonl", args.questions_jsonl,
+           "--dtype", args.dtype]
     wall = run_children([cmd], [child_env(args.threads)], log, args.timeout)
     out = read_json(os.path.join(work, "result.json"))
     shutil.rmtree(work, ignore_errors=True)
@@ -212,7 +216,11 @@ def main() -> int:
     p.add_argument("--max-new", type=int, default=128)
     p.add_argument("--batch", type=int, default=None, help="lm-eval and naive batch size (default: safeft's mean)")
     p.add_argument("--sides", default=",".join(SIDES))
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                   help="weights on every side (bf16: what safeft's demo evaluates in on a CPU with native bf16)")
+    p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=True,
+                   help="one-process sides two at a time, one per core (--no-pair: one side at a time)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads per process (every side alike)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", default="runs/bench/real_eval.json")
@@ -250,12 +258,14 @@ def orchestrate(args) -> int:
     t0 = time.perf_counter()
     runs = []
     for rep in range(args.repeats):
-        for side in (args.sides if rep % 2 == 0 else list(reversed(args.sides))):  # interleaved
-            r = run_side(side, args, log)
-            r["repeat"] = rep
-            runs.append(r)
-            print(f"  {side:17s} rep {rep}: {r['seconds']:7.1f} s ({r['questions_per_s']:.3f} q/s), wall "
-                  f"{r['wall_s']} s, peak RSS {r['peak_rss_mb']:.0f} MB, load {r['load_1m']:.1f}", flush=True)
+        order = args.sides if rep % 2 == 0 else list(reversed(args.sides))  # interleaved
+        for slot in slots(order, {"safeft-2replicas": 2}, args.pair):
+            for r in run_slot(slot, lambda side: run_side(side, args, log)):
+                r["repeat"] = rep
+                runs.append(r)
+                print(f"  {r['side']:17s} rep {rep}: {r['seconds']:7.1f} s ({r['questions_per_s']:.3f} q/s), wall "
+                      f"{r['wall_s']} s, peak RSS {r['peak_rss_mb']:.0f} MB, load {r['load_1m']:.1f}"
+                      + (f", beside {r['ran_with'][0]}" if r["ran_with"] else ""), flush=True)
     template = chat_template(tok)
     prompts_equal = None
     lm = next((r for r in runs if r["side"] == "lm-eval"), None)
@@ -266,11 +276,12 @@ def orchestrate(args) -> int:
               "command": " ".join(sys.argv), "machine": machine(), "versions": versions(), "threads": args.threads,
               "load_average_1m": load.summary(), "wall_s": round(time.perf_counter() - t0, 1),
               "settings": {"model": args.model, "n": args.n, "max_new": args.max_new, "batch": args.batch,
-                           "repeats": args.repeats, "dtype": "float32", "template": TEMPLATE, "system": SYSTEM},
+                           "repeats": args.repeats, "pair": args.pair, "dtype": args.dtype, "template": TEMPLATE,
+                           "system": SYSTEM},
               "lm_eval_prompts_equal_safeft": prompts_equal, "summary": summary, "agreement": agreement,
               "runs": [{k: v for k, v in r.items() if k != "prompts"} for r in runs]}
     md = (f"real_eval {record['date']}, {record['machine']['cpu']}, {args.threads} thread(s) per process, load "
-          f"average {record['load_average_1m']}, wall {record['wall_s']} s; n {args.n}, max new {args.max_new}, "
+          f"average {record['load_average_1m']}, wall {record['wall_s']} s; n {args.n}, {args.dtype}, max new {args.max_new}, "
           f"lm-eval/naive batch {args.batch}; lm-eval prompts equal to safeft's: {prompts_equal}/{args.n}\n\n" + table)
     write_outputs(args.out, record, md)
     print(md)

@@ -7,9 +7,13 @@ so every side trains the same real tokens; torch AdamW with the same lr, betas, 
 (HF Trainer exempts norms and biases from decay, safeft does not: 0 makes the two the same) and a constant
 schedule; gradient clipping 1.0; loss = mean over the step's answer tokens on every side.
 
-Sides (each in its own process, interleaved, `--repeats` times):
-    safeft           packed rows (subset-sum fill), 1 row per micro-step, DeepSpeed ZeRO-2, 1 process
-    safeft-2rank     the same on 2 processes (DeepSpeed on CPU, gloo): twice the cores
+Sides (each in its own process, interleaved, `--repeats` times; with --pair, the default, one-process sides run
+two at a time, one per core, in the order given: safeft beside TRL's packed mode, HF Trainer beside TRL padded;
+the two-rank side alone; safeft-zero2 only when named in --sides):
+    safeft           packed rows (subset-sum fill), 1 row per micro-step, 1 process, `train.zero_stage: 0`
+                     (DeepSpeed without ZeRO: on one process there is nothing to partition)
+    safeft-zero2     the same under ZeRO-2 (the default stage; before the stage-0 fix this was the one-process side)
+    safeft-2rank     ZeRO-2 on 2 processes (DeepSpeed on CPU, gloo): twice the cores
     trl-packed       SFTTrainer packing=True, packing_strategy="bfd" (padding-free: TRL's fastest correct mode)
     trl-padded       SFTTrainer without packing, right-padded micro-batches of --padded-batch documents
     hf-padded        transformers Trainer, the same padded micro-batches, the model's own loss
@@ -19,8 +23,8 @@ later steps / their wall time, from one step end to the last. After each run the
 saved, and one function (`heldout_loss`) loads them and scores the same held-out GSM8K test answers
 (teacher-forced, fp32, one document at a time, answer tokens only).
 
-    python bench/real_train.py                           # both lengths, 2 repeats, writes runs/bench/real_train.{json,md}
-    python bench/real_train.py --lengths 512 --repeats 1 --sides safeft,trl-packed
+    python bench/real_train.py                    # both lengths, 1 repeat, writes runs/bench/real_train.{json,md}
+    python bench/real_train.py --lengths 512 --repeats 2 --no-pair --sides safeft,safeft-zero2,trl-packed
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_common import (  # noqa: E402
     DEFAULT_MODEL, LoadSampler, chat_template, child_env, gsm8k_rows, machine, markdown_table, median, model_dir,
-    parse_sides, peak_rss_mb, read_json, run_children, versions, write_outputs,
+    parse_sides, peak_rss_mb, read_json, run_children, run_slot, slots, versions, write_outputs,
 )
 
-SIDES = ("safeft", "safeft-2rank", "trl-packed", "trl-padded", "hf-padded")
+SIDES = ("safeft", "trl-packed", "hf-padded", "trl-padded", "safeft-2rank", "safeft-zero2")
+DEFAULT_SIDES = SIDES[:5]  # in pairs (--pair): safeft beside TRL's packed mode, HF Trainer beside TRL padded
+ZERO_STAGE = {"safeft": 0, "safeft-zero2": 2, "safeft-2rank": 2}
 PEERS = ("trl-packed", "trl-padded", "hf-padded")
 HELDOUT_OFFSET = 1000  # held-out answers: GSM8K test rows from here on (real_eval.py uses the first 200)
 
@@ -107,11 +113,11 @@ def child_safeft(a) -> dict:
         "data": {"path": a.docs_jsonl, "max_seq_len": a.max_len, "num_proc": 1, "seed": a.seed,
                  "cache_dir": os.path.join(a.work, "data-cache")},
         "template": {"train": "chat-template", "train_system": "none"},
-        "train": {"precision": "bf16-autocast", "optimizer": "torch", "zero_stage": 2, "epochs": 1,
+        "train": {"precision": "bf16-autocast", "optimizer": "torch", "zero_stage": ZERO_STAGE[a.side], "epochs": 1,
                   "micro_batch_size": 1, "gradient_accumulation_steps": a.rows_per_step // world, "lr": a.lr,
                   "weight_decay": 0.0, "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "scheduler": "constant",
                   "warmup_steps": 0, "max_grad_norm": 1.0, "seed": a.seed, "resume": "never", "log_steps": 1,
-                  "export_dtype": "float32"},
+                  "export_dtype": "float32", "keep_checkpoints": False},  # like the peers: weights only
         "output": {"dir": a.work, "name": "run", "tensorboard": False},
     })
     marks = []
@@ -223,6 +229,16 @@ def run_side(side: str, max_len: int, docs_path: str, docs_jsonl: str, args, pla
             "data_tokens": main.get("data_tokens"), "rows": main.get("rows"), "load_1m": os.getloadavg()[0]}
 
 
+def trained_every_document(r: dict, plan: dict) -> bool:
+    """Every side trains every document once (safeft's empty slots in the last step: 1 pad token each)."""
+    ok = (plan["real_tokens"] <= r["tokens_total"] <= plan["real_tokens"] + plan["rows_per_step"]
+          and (not r["side"].startswith("safeft") or r["data_tokens"] == plan["real_tokens"]))
+    if not ok:
+        print(f"SANITY FAILED: {r['side']} trained {r['tokens_total']} tokens, the documents hold "
+              f"{plan['real_tokens']}", flush=True)
+    return ok
+
+
 def plan_for(tok, max_len: int, args) -> dict:
     rows_per_step = max(2, args.tokens_per_step // max_len)
     docs = select_docs(tok, int(args.steps * rows_per_step * max_len * args.fill), max_len, args.seed)
@@ -281,8 +297,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="a named default or an HF directory with a chat template")
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024])
-    p.add_argument("--sides", default=",".join(SIDES))
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"any of {', '.join(SIDES)}")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--pair", action=argparse.BooleanOptionalAction, default=True,
+                   help="one-process sides two at a time, one per core (--no-pair: one side at a time)")
     p.add_argument("--tokens-per-step", type=int, default=2048, help="packed: rows of max-len per step = this / max-len")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per run, the first one a warm-up")
     p.add_argument("--fill", type=float, default=0.95, help="documents fill this share of steps x tokens-per-step")
@@ -346,26 +364,23 @@ def orchestrate(args) -> int:
               f"({plan['answer_tokens']} answer tokens); packed: {plan['rows_per_step']} rows per step; padded: "
               f"{plan['padded_batch']} x {plan['padded_accum']} documents per step", flush=True)
         for rep in range(args.repeats):
-            for side in (args.sides if rep % 2 == 0 else list(reversed(args.sides))):  # interleaved
-                r = run_side(side, max_len, docs_path, docs_jsonl, args, plan, log)
-                r["repeat"] = rep
-                runs.append(r)
-                print(f"  {side:13s} rep {rep}: {r['tokens_per_s']:7.1f} tok/s over {r['timed_tokens']} tokens "
-                      f"({r['steps']} steps), peak RSS {r['peak_rss_mb']} MB, held-out loss {r['heldout_loss']:.4f}, "
-                      f"load {r['load_1m']:.1f}", flush=True)
-                # every side trains every document once (safeft's empty slots in the last step: 1 pad token each)
-                if r["tokens_total"] > plan["real_tokens"] + plan["rows_per_step"] or \
-                        r["tokens_total"] < plan["real_tokens"] or \
-                        (side.startswith("safeft") and r["data_tokens"] != plan["real_tokens"]):
-                    print(f"SANITY FAILED: {side} trained {r['tokens_total']} tokens, the documents hold "
-                          f"{plan['real_tokens']}", flush=True)
-                    return 1
+            order = args.sides if rep % 2 == 0 else list(reversed(args.sides))  # interleaved
+            for slot in slots(order, {"safeft-2rank": 2}, args.pair):
+                for r in run_slot(slot, lambda side: run_side(side, max_len, docs_path, docs_jsonl, args, plan, log)):
+                    r["repeat"] = rep
+                    runs.append(r)
+                    print(f"  {r['side']:13s} rep {rep}: {r['tokens_per_s']:7.1f} tok/s over {r['timed_tokens']} "
+                          f"tokens ({r['steps']} steps), peak RSS {r['peak_rss_mb']} MB, held-out loss "
+                          f"{r['heldout_loss']:.4f}, load {r['load_1m']:.1f}"
+                          + (f", beside {r['ran_with'][0]}" if r["ran_with"] else ""), flush=True)
+                    if not trained_every_document(r, plan):
+                        return 1
         plan["base_heldout_loss"] = round(heldout_loss(args.model_dir, plan["heldout"]), 4)
     record = {"benchmark": "real_train", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "command": " ".join(sys.argv), "machine": machine(), "versions": versions(), "threads": args.threads,
               "load_average_1m": load.summary(), "wall_s": round(time.perf_counter() - t0, 1),
-              "settings": {k: getattr(args, k) for k in ("model", "lengths", "repeats", "tokens_per_step", "steps",
-                                                           "padded_batch", "lr", "seed", "heldout")},
+              "settings": {k: getattr(args, k) for k in ("model", "lengths", "repeats", "pair", "tokens_per_step",
+                                                           "steps", "padded_batch", "lr", "seed", "heldout")},
               "plans": {L: {k: v for k, v in p.items() if k not in ("docs", "heldout")} for L, p in plans.items()},
               "runs": runs}
     md = render(record)

@@ -168,7 +168,10 @@ class TrainConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
-    zero_stage: Literal[2, 3] = 2
+    # 2 or 3: ZeRO partitions optimizer states and gradients (3: parameters too) over the ranks. 0: DeepSpeed
+    # without ZeRO (every rank holds the whole fp32 optimizer; gradients accumulate in place and are all-reduced
+    # once per step): fastest where nothing needs partitioning, e.g. one process (BENCHMARKS.md, real_train)
+    zero_stage: Literal[0, 2, 3] = 2
     offload: Literal["none", "optimizer", "all"] = "none"
     # auto: bf16 on GPUs that have it, else fp32. bf16-autocast: fp32 weights and optimizer, forward and backward
     # matmuls in bf16 (torch.autocast); on CPU it needs native bf16 (AVX512-BF16 / AMX), where it is ~2x fp32
@@ -177,8 +180,9 @@ class TrainConfig:
     seed: Union[int, list[int]] = grid_field(42)
     save_steps: int = 0  # 0: only at the end
     keep_last: int = 2
-    # false: once a run is exported (and, in a sweep, evaluated), its resumable checkpoints/ are deleted and the
-    # export is the run's model; a 7B run's ZeRO checkpoint is ~16 bytes per parameter, its bf16 export 2
+    # false: no final checkpoint is written, and once a run is exported (and, in a sweep, evaluated) its periodic
+    # checkpoints/ are deleted: the export is the run's model; a 7B run's ZeRO checkpoint is ~16 bytes per
+    # parameter, its bf16 export 2
     keep_checkpoints: bool = True
     resume: str = "auto"  # auto | never | a checkpoint directory
     log_steps: int = 1
@@ -530,6 +534,8 @@ def validate(cfg: Config, check_data: bool = True) -> Config:
     check(tr.save_steps >= 0, "train.save_steps", "expected >= 0")
     check(not (tr.offload == "all" and tr.zero_stage != 3), "train.offload",
           "'all' offloads parameters, which needs train.zero_stage: 3 (ZeRO-2 can offload only the optimizer)")
+    check(not (tr.offload == "optimizer" and tr.zero_stage == 0), "train.offload",
+          "'optimizer' offloads ZeRO's optimizer partitions, which needs train.zero_stage: 2 or 3")
     check(tr.deepspeed_config is None or os.path.isfile(tr.deepspeed_config), "train.deepspeed_config",
           f"{tr.deepspeed_config!r} does not exist")
     check(tr.zero3_param_persistence_threshold is None or tr.zero3_param_persistence_threshold >= 0,

@@ -201,7 +201,9 @@ def use_bf16(cfg, supported: Optional[bool] = None) -> bool:
 def _typed_ds_config(cfg, world_size: int, bf16: bool, cpu: bool) -> dict:
     tr = cfg.train
     offload_opt = tr.offload in ("optimizer", "all")
-    zero: dict[str, Any] = {"stage": tr.zero_stage, "overlap_comm": not cpu, "contiguous_gradients": True}
+    zero: dict[str, Any] = {"stage": tr.zero_stage}
+    if tr.zero_stage > 0:  # stage 0 has no buckets to overlap or partition buffer to keep contiguous
+        zero.update(overlap_comm=not cpu, contiguous_gradients=True)
     if offload_opt:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": not cpu}
     if tr.offload == "all":

@@ -2,7 +2,8 @@
 
 Both paths stream: from a live engine every rank gathers one decoder layer (or shard-sized unit) at a
 time and rank 0 appends it to the current safetensors shard; offline, `export_checkpoint` merges one
-tensor at a time from DeepSpeed's memory-mapped fp32 partitions (`zero_to_fp32` lazy mode).
+tensor at a time from DeepSpeed's memory-mapped fp32 partitions (`zero_to_fp32` lazy mode), or, for an fp32
+stage-0 checkpoint, reads its memory-mapped module state.
 `safeft_run.json` tells the evaluator how the model was trained and which
 template to test it with (PTST: the safety prompt at test time).
 """
@@ -193,6 +194,26 @@ def _write_metadata(tmp, config, tokenizer, record: dict, dtype, generation_conf
     write_json(os.path.join(tmp, "safeft_run.json"), record)
 
 
+def _fp32_state(root: str, tag: str) -> dict:
+    """The fp32 weights of a checkpoint, memory-mapped. ZeRO (and DeepSpeed's bf16 optimizer) keeps them in
+    optimizer partition files, merged lazily one tensor at a time; an fp32 stage-0 run has none: its module state
+    is the fp32 weights, read without unpickling code objects (weights_only)."""
+    import glob
+
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    if glob.glob(os.path.join(root, tag, "*_optim_states.pt")):
+        return get_fp32_state_dict_from_zero_checkpoint(root, tag, lazy_mode=True)
+    path = os.path.join(root, tag, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(path):
+        raise SafeftError(f"checkpoint {os.path.join(root, tag)!r} has neither ZeRO optimizer files nor {path!r}")
+    module = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["module"]
+    if any(t.dtype != torch.float32 for t in module.values() if t.is_floating_point()):
+        raise SafeftError(f"checkpoint {path!r}: its weights are not fp32 and it has no fp32 optimizer copy")
+    return module
+
+
 def _parameter_names(model) -> set:
     return {n for n, _ in model.named_parameters()}
 
@@ -202,7 +223,6 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16",
     """Offline: a DeepSpeed checkpoint (root with `latest`, or one step dir) -> an HF directory, one tensor at a
     time (DeepSpeed's lazy mode), so memory holds one shard, not the model."""
     import torch
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from safeft.train.checkpoint import locate
@@ -225,9 +245,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, dtype: str = "bfloat16",
 
     with torch.device("meta"):
         names = _parameter_names(AutoModelForCausalLM.from_config(config))
-    # lazy: the fp32 partitions stay memory-mapped; each tensor is merged, cast and written, then dropped
-    state = get_fp32_state_dict_from_zero_checkpoint(root, tag, lazy_mode=True)
-    state = _strip(state)
+    state = _strip(_fp32_state(root, tag))
     tied = getattr(config, "tie_word_embeddings", False)
     if tied:
         state.pop("lm_head.weight", None)

@@ -118,7 +118,7 @@ def test_unknown_key_suggests_a_close_one(override, message):
         ("train.epochs=fast", "config key 'train.epochs': expected a number, got 'fast'"),
         ("data.max_seq_len=1.5", "config key 'data.max_seq_len': expected an integer, got 1.5"),
         ("data.packing=maybe", "config key 'data.packing': expected true or false, got 'maybe'"),
-        ("train.zero_stage=1", "config key 'train.zero_stage': 1 is not allowed; expected one of 2, 3"),
+        ("train.zero_stage=1", "config key 'train.zero_stage': 1 is not allowed; expected one of 0, 2, 3"),
         ("train.scheduler=cosin", "expected one of 'cosine', 'linear', 'constant' (did you mean 'cosine'?)"),
         ("train.adam_betas=0.9", "config key 'train.adam_betas': expected a list, got 0.9"),
         ("train.adam_betas=[0.9, x]", "config key 'train.adam_betas[1]': expected a number, got 'x'"),
@@ -153,6 +153,8 @@ def test_malformed_overrides(override, message):
     [
         (["train.offload=all"],
          "config key 'train.offload': 'all' offloads parameters, which needs train.zero_stage: 3"),
+        (["train.offload=optimizer", "train.zero_stage=0"],
+         "config key 'train.offload': 'optimizer' offloads ZeRO's optimizer partitions, which needs"),
         (["template.train=chat:lama"], "config key 'template.train': unknown template 'chat:lama'"),
         (["template.test=[chat:llama, foo]"], "config key 'template.test': unknown template 'foo'"),
         (["lookahead.mode=reel"], "config key 'lookahead.mode': 'reel' is not one of none, real, virtual"),

@@ -167,6 +167,7 @@ def test_sweep_job_completes_and_rerun_schedules_nothing(cluster, tmp_path, tiny
         run_dir = Path(run["run_dir"])
         assert (run_dir / DONE).is_file() and (run_dir / "export" / "model.safetensors").is_file()
         assert not (run_dir / "checkpoints").exists() and run["checkpoint"] is None  # train.keep_checkpoints
+        assert json.loads((run_dir / "train_summary.json").read_text())["last_checkpoint"] is None  # none written
         assert run["eval"] == "done" and (run_dir / "eval" / "summary.json").is_file()
         rows = json.loads((run_dir / "eval" / "summary.json").read_text())["rows"]
         assert {(r["task"], r["template"]) for r in rows} == {

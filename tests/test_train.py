@@ -1,4 +1,5 @@
-"""The DeepSpeed trainer: rank/accumulation equivalence under ZeRO-2 and ZeRO-3, exact resume, export, NaN stop.
+"""The DeepSpeed trainer: rank/accumulation equivalence under stage 0, ZeRO-2 and ZeRO-3, exact resume, export,
+NaN stop.
 
 The multi-process runs are shared by several tests through module fixtures: a 1-rank run with gradient
 accumulation 2 is the reference; 2 ranks with different data per rank must give the same losses and weights.
@@ -23,7 +24,8 @@ def export_weights(run_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
-    """Reference (1 rank, accumulation 2), then 2 ranks: ZeRO-2, ZeRO-3, ZeRO-3 + fused loss, ZeRO-3 + offload.
+    """Reference (1 rank, accumulation 2), then 2 ranks: stage 0 (no ZeRO), ZeRO-2, ZeRO-3, ZeRO-3 + fused loss,
+    ZeRO-3 + offload.
 
     The ZeRO-3 runs set the persistence threshold to 0: with DeepSpeed's default (1e5) no tensor of the tiny
     model would be partitioned, and loading, gathering, export and resume would run on whole parameters.
@@ -33,6 +35,8 @@ def runs(tmp_path_factory, tiny_model_dir):
     z3 = dict(zero_stage=3, zero3_param_persistence_threshold=0)
     cfgs = {
         "ref": write_config(base / "ref.yaml", tiny_model_dir, cache, out, "ref", gradient_accumulation_steps=2),
+        # stage 0: whole fp32 optimizer on each rank, gradients accumulated in place, all-reduced once per step
+        "z0": write_config(base / "z0.yaml", tiny_model_dir, cache, out, "z0", zero_stage=0),
         "z2": write_config(base / "z2.yaml", tiny_model_dir, cache, out, "z2", zero_stage=2),
         "z3": write_config(base / "z3.yaml", tiny_model_dir, cache, out, "z3", **z3),
         # fused loss under ZeRO-3: lm_head.weight is a 0-element shard unless gathered for our forward
@@ -45,7 +49,7 @@ def runs(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["z2", "z3", "z3f", "z3off"])
+@pytest.mark.parametrize("stage", ["z0", "z2", "z3", "z3f", "z3off"])
 def test_two_ranks_equal_one_rank_with_accumulation(runs, stage):
     import torch
 
@@ -105,6 +109,27 @@ def test_export_reloads_with_the_trained_weights(runs, tmp_path, source):
                 == json.load(open(run_dir / "export" / "generation_config.json"))["eos_token_id"])
 
 
+@pytest.mark.slow
+def test_stage0_checkpoint_exports_offline_and_needs_no_conversion(runs, tmp_path):
+    """A stage-0 checkpoint has no ZeRO partition files: the offline export reads its fp32 module state and
+    equals the in-job export; converting it to the universal format is refused as needless."""
+    import torch
+    from safetensors.torch import load_file
+
+    from safeft.cli import main
+    from safeft.errors import SafeftError
+    from safeft.train.checkpoint import to_universal
+
+    ckpts = runs["z0"] / "checkpoints"
+    assert not list((ckpts / f"step{STEPS:08d}").glob("*_optim_states.pt"))  # really stage 0
+    assert main(["export", str(ckpts), str(tmp_path / "offline"), "--dtype", "float32"]) == 0
+    offline = load_file(tmp_path / "offline" / "model.safetensors")
+    for k, v in export_weights(runs["z0"]).items():
+        torch.testing.assert_close(offline[k], v, atol=0, rtol=0, msg=k)
+    with pytest.raises(SafeftError, match="nothing to convert"):
+        to_universal(str(ckpts), f"step{STEPS:08d}")
+
+
 def _interrupted_copy(runs, source: str, name: str, overrides: dict):
     """A copy of a finished run as a crash after the step-2 checkpoint leaves it, and a config to resume it."""
     resumed = runs["base"] / "runs" / name
@@ -125,12 +150,13 @@ def _interrupted_copy(runs, source: str, name: str, overrides: dict):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["ref", "z2", "z3"])
+@pytest.mark.parametrize("source", ["ref", "z0", "z2", "z3"])
 def test_resume_continues_exactly(runs, source):
     """Resumed after the step-2 checkpoint on 1 rank: the same losses and weights as the uninterrupted run.
 
     From "z2" (2 ranks) the job converts to DeepSpeed's universal format itself (a small checkpoint); "z3"
-    (2 ranks, every parameter partitioned) is converted offline first by `safeft ckpt to-universal`.
+    (2 ranks, every parameter partitioned) is converted offline first by `safeft ckpt to-universal`; "z0" (2 ranks,
+    stage 0) holds the whole optimizer state and loads as it is.
     """
     import torch
 
@@ -143,7 +169,8 @@ def test_resume_continues_exactly(runs, source):
     results = launch(["-m", "safeft.train", str(path), "--resume"], 1)
     assert results[0].returncode == 0, results[0].stdout[-4000:]
     assert "resumed from" in results[0].stdout and "at step 2" in results[0].stdout
-    assert ("universal" in results[0].stdout) == (source != "ref")
+    assert ("universal" in results[0].stdout) == (source in ("z2", "z3"))
+    assert ("stage 0 loads it as it is" in results[0].stdout) == (source == "z0")
     assert ("converting to DeepSpeed's universal" in results[0].stdout) == (source == "z2")
     ref, got = losses(runs[source]), losses(resumed)
     for step in (3, 4):
@@ -151,6 +178,15 @@ def test_resume_continues_exactly(runs, source):
     w_ref, w_got = export_weights(runs[source]), export_weights(resumed)
     for k in w_ref:
         torch.testing.assert_close(w_got[k], w_ref[k], atol=1e-6 if source == "ref" else 1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_zero2_checkpoint_under_stage0(runs):
+    """Stage 0 keeps no ZeRO partition files: a ZeRO-2 checkpoint cannot resume under it, and the error says so."""
+    _, path = _interrupted_copy(runs, "z2", "z2_as_z0", {"zero_stage": 0, "gradient_accumulation_steps": 2})
+    result = launch(["-m", "safeft.train", str(path), "--resume"], 1)[0]
+    assert result.returncode != 0
+    assert "was saved with train.zero_stage: 2, this run has 0" in result.stdout, result.stdout[-3000:]
 
 
 NAN_SCRIPT = """

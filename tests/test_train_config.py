@@ -45,6 +45,14 @@ def test_typed_ds_config():
     assert ds["optimizer"]["params"]["betas"] == [0.5, 0.999] and ds["optimizer"]["params"]["lr"] == 2e-5
 
 
+def test_stage0_ds_config_has_no_zero_buffers():
+    """Stage 0: DeepSpeed's plain data parallel; the ZeRO bucket options mean nothing there and are left out."""
+    ds = build_ds_config(cfg(zero_stage=0, micro_batch_size=1, gradient_accumulation_steps=2), 2, bf16=False,
+                         cpu=True)
+    assert ds["zero_optimization"] == {"stage": 0} and ds["train_batch_size"] == 4
+    assert build_ds_config(cfg(zero_stage=2), 2, bf16=False, cpu=True)["zero_optimization"]["contiguous_gradients"]
+
+
 @pytest.mark.parametrize("name,stage,offload", [("zero2", 2, "none"), ("zero3", 3, "none"),
                                                 ("zero3_offload", 3, "all")])
 def test_shipped_json_resolves_auto(name, stage, offload):

@@ -60,7 +60,8 @@ def _train(args) -> int:
 
         world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         ds = check_train_config(cfg, world)
-        print(f"{args.config}: ok for {world} process(es): ZeRO-{cfg.train.zero_stage}, "
+        stage = cfg.train.zero_stage
+        print(f"{args.config}: ok for {world} process(es): {f'ZeRO-{stage}' if stage else 'stage 0 (no ZeRO)'}, "
               f"global batch {ds['train_batch_size']} rows, bf16 {ds['bf16']['enabled']}")
         return 0
     if args.ray:  # Ray resumes from the checkpoint it holds for this run name (see safeft.ray_train)

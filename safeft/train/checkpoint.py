@@ -29,6 +29,7 @@ class TrainState:
     consumed_samples: int = 0  # packed rows, all ranks
     data_seed: int = 0
     world_size: int = 1
+    zero_stage: Optional[int] = None  # None: a checkpoint from before stage 0 existed (ZeRO-2 or -3)
 
 
 def tag_for(step: int) -> str:
@@ -146,6 +147,7 @@ def dir_bytes(path: str) -> int:
 
 def to_universal(root: str, tag: str, workers: int = 1) -> str:
     """Convert a checkpoint for another world size with DeepSpeed's universal format (once); returns its tag.
+    A stage-0 checkpoint needs none: it holds the whole optimizer state, which loads at any world size.
 
     `workers` extract and merge processes (DeepSpeed's ds_to_universal). Run offline with
     `safeft ckpt to-universal`; load the result with `{"checkpoint": {"load_universal": true}}`.
@@ -154,6 +156,9 @@ def to_universal(root: str, tag: str, workers: int = 1) -> str:
 
     from deepspeed.checkpoint import ds_to_universal
 
+    if read_state(root, tag).zero_stage == 0:
+        raise SafeftError(f"checkpoint {os.path.join(root, tag)!r} was saved with train.zero_stage: 0; it holds the "
+                          "whole optimizer state and resumes at any world size as it is: nothing to convert")
     uni = universal_tag(tag)
     if has_universal(root, tag):
         return uni

@@ -197,6 +197,11 @@ def _resume_point(cfg, hooks: TrainHooks, env, ds_config: dict) -> Optional[tupl
     saved = ckpt.read_state(root, tag)
     if saved.data_seed != cfg.data.seed:
         raise SafeftError(f"checkpoint {source!r} used data.seed {saved.data_seed}, the config has {cfg.data.seed}")
+    stage = cfg.train.zero_stage
+    if 0 in (saved.zero_stage, stage) and saved.zero_stage != stage:  # stage 0 keeps no ZeRO partition files
+        was = saved.zero_stage if saved.zero_stage is not None else "2 or 3 (an older safeft)"
+        raise SafeftError(f"checkpoint {source!r} was saved with train.zero_stage: {was}, this run has {stage}: a "
+                          "stage-0 checkpoint resumes only under stage 0, and the other way round")
     if saved.world_size == env.world_size:
         return root, tag
     rows_per_step = env.world_size * cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps
@@ -205,6 +210,10 @@ def _resume_point(cfg, hooks: TrainHooks, env, ds_config: dict) -> Optional[tupl
             f"checkpoint {source!r} consumed {saved.consumed_samples // max(saved.step, 1)} rows per step on "
             f"{saved.world_size} processes; this run takes {rows_per_step}: keep the global batch (micro_batch_size "
             f"x gradient_accumulation_steps x processes) when resuming at another world size")
+    if stage == 0:  # the whole optimizer state is in the checkpoint: it loads at any world size
+        log.info("checkpoint from %d processes, this run has %d: stage 0 loads it as it is", saved.world_size,
+                 env.world_size)
+        return root, tag
     if not ckpt.has_universal(root, tag):
         size = ckpt.dir_bytes(os.path.join(root, tag))
         if size > ckpt.IN_JOB_UNIVERSAL_MAX_BYTES:  # every rank decides alike: the checkpoint is on shared storage
@@ -227,10 +236,11 @@ def _resume_point(cfg, hooks: TrainHooks, env, ds_config: dict) -> Optional[tupl
 
 def _resume(r: _Run, point: Optional[tuple[str, str]]) -> ckpt.TrainState:
     if point is None:
-        return ckpt.TrainState(data_seed=r.cfg.data.seed, world_size=r.env.world_size)
+        return ckpt.TrainState(data_seed=r.cfg.data.seed, world_size=r.env.world_size,
+                               zero_stage=r.cfg.train.zero_stage)
     root, tag = point
     state = ckpt.load(r.engine, root, tag, r.env.rank)
-    state.world_size = r.env.world_size
+    state.world_size, state.zero_stage = r.env.world_size, r.cfg.train.zero_stage
     if r.env.is_main:
         log.info("resumed from %s at step %d (epoch %d, step %d of it)", os.path.join(root, tag), state.step,
                  state.epoch, state.step_in_epoch)
@@ -289,10 +299,14 @@ def _train(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics_log: Metr
 
 
 def _finish(r: _Run, state: ckpt.TrainState, hooks: TrainHooks, metrics: dict, result: TrainResult) -> None:
-    """The end of a run that was not stopped: the final checkpoint, then the export."""
+    """The end of a run that was not stopped: the final checkpoint, then the export. With
+    `train.keep_checkpoints: false` no final checkpoint is written, as the export is what the run keeps; a crash
+    during the export then resumes from the last periodic checkpoint, or starts over where there is none."""
     cfg = r.cfg
     root = os.path.join(cfg.run_dir, "checkpoints")
-    if ckpt.latest_tag(root) != ckpt.tag_for(state.step):  # else resumed at the end: nothing new to save
+    if not cfg.train.keep_checkpoints:
+        result.last_checkpoint = None
+    elif ckpt.latest_tag(root) != ckpt.tag_for(state.step):  # else resumed at the end: nothing new to save
         result.last_checkpoint = _save(r, state, hooks, metrics)
     else:
         result.last_checkpoint = os.path.join(root, ckpt.tag_for(state.step))
