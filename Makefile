@@ -45,8 +45,9 @@ doctor:
 
 # -rs: every skip's reason; the last lines count skips for missing shared data and for missing CUDA
 # (tests/skip_report.py). SAFEFT_REQUIRE_SHARED_DATA=1 (.ci/run) fails a shared-data skip where the data is.
+# --durations: the slowest tests, so a suite near its 30-minute budget shows where the time goes.
 test: venv
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=20 tests
 
 test-fast: venv
 	$(PY) -m pytest -q -rs -m "not slow" tests

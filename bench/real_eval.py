@@ -258,8 +258,8 @@ def orchestrate(args) -> int:
     t0 = time.perf_counter()
     runs = []
     for rep in range(args.repeats):
-        order = args.sides if rep % 2 == 0 else list(reversed(args.sides))  # interleaved
-        for slot in slots(order, {"safeft-2replicas": 2}, args.pair):
+        plan = slots(args.sides, {"safeft-2replicas": 2}, args.pair)
+        for slot in (plan if rep % 2 == 0 else plan[::-1]):  # interleaved; a pair stays a pair
             for r in run_slot(slot, lambda side: run_side(side, args, log)):
                 r["repeat"] = rep
                 runs.append(r)
@@ -281,7 +281,8 @@ def orchestrate(args) -> int:
               "lm_eval_prompts_equal_safeft": prompts_equal, "summary": summary, "agreement": agreement,
               "runs": [{k: v for k, v in r.items() if k != "prompts"} for r in runs]}
     md = (f"real_eval {record['date']}, {record['machine']['cpu']}, {args.threads} thread(s) per process, load "
-          f"average {record['load_average_1m']}, wall {record['wall_s']} s; n {args.n}, {args.dtype}, max new {args.max_new}, "
+          f"average {record['load_average_1m']}, wall {record['wall_s']} s; n {args.n}, {args.dtype}, max new "
+          f"{args.max_new}, "
           f"lm-eval/naive batch {args.batch}; lm-eval prompts equal to safeft's: {prompts_equal}/{args.n}\n\n" + table)
     write_outputs(args.out, record, md)
     print(md)

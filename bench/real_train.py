@@ -364,8 +364,8 @@ def orchestrate(args) -> int:
               f"({plan['answer_tokens']} answer tokens); packed: {plan['rows_per_step']} rows per step; padded: "
               f"{plan['padded_batch']} x {plan['padded_accum']} documents per step", flush=True)
         for rep in range(args.repeats):
-            order = args.sides if rep % 2 == 0 else list(reversed(args.sides))  # interleaved
-            for slot in slots(order, {"safeft-2rank": 2}, args.pair):
+            order = slots(args.sides, {"safeft-2rank": 2}, args.pair)
+            for slot in (order if rep % 2 == 0 else order[::-1]):  # interleaved; a pair stays a pair
                 for r in run_slot(slot, lambda side: run_side(side, max_len, docs_path, docs_jsonl, args, plan, log)):
                     r["repeat"] = rep
                     runs.append(r)

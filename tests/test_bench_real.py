@@ -94,3 +94,14 @@ def test_real_eval_tiny(smol_tiny, tmp_path):
     for pair in ("naive vs safeft", "lm-eval vs safeft"):  # same batch, same fp32 numerics: same text
         assert record["agreement"][pair]["identical"] == 4, record["agreement"]
     assert {"exact_match_strict", "exact_match_flexible"} <= set(record["summary"][0])
+
+
+def test_sides_pair_up_in_the_order_given():
+    """One-process sides two at a time in the order given, a two-process side alone; the odd one out alone."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from real_common import slots
+
+    plan = slots(["safeft", "lm-eval", "naive", "safeft-2replicas"], {"safeft-2replicas": 2}, pair=True)
+    assert plan == [["safeft", "lm-eval"], ["naive"], ["safeft-2replicas"]]
+    assert slots(["a", "b", "c"], {}, pair=False) == [["a"], ["b"], ["c"]]
+
