@@ -40,6 +40,7 @@ from real_common import (  # noqa: E402
 )
 
 SIDES = ("safeft", "lm-eval", "naive", "safeft-2replicas")
+PROCESSES = {"safeft-2replicas": 2}  # replicas, one process each; every other side: one process
 BATCH_TOKENS, MAX_BATCH = 16384, 64  # safeft's eval.batch_tokens / eval.max_batch_size defaults
 
 
@@ -49,7 +50,7 @@ def child_safeft(a, questions: list[str]) -> dict:
     from safeft.config import config_from_dict
     from safeft.eval.runner import evaluate
 
-    replicas = 2 if a.side == "safeft-2replicas" else 1
+    replicas = PROCESSES.get(a.side, 1)
     cfg = config_from_dict({
         "model": {"name_or_path": a.model},
         "template": {"test": [TEMPLATE], "test_system": SYSTEM},
@@ -258,7 +259,7 @@ def orchestrate(args) -> int:
     t0 = time.perf_counter()
     runs = []
     for rep in range(args.repeats):
-        plan = slots(args.sides, {"safeft-2replicas": 2}, args.pair)
+        plan = slots(args.sides, PROCESSES, args.pair)
         for slot in (plan if rep % 2 == 0 else plan[::-1]):  # interleaved; a pair stays a pair
             for r in run_slot(slot, lambda side: run_side(side, args, log)):
                 r["repeat"] = rep

@@ -48,6 +48,7 @@ from real_common import (  # noqa: E402
 SIDES = ("safeft", "trl-packed", "hf-padded", "trl-padded", "safeft-2rank", "safeft-zero2")
 DEFAULT_SIDES = SIDES[:5]  # in pairs (--pair): safeft beside TRL's packed mode, HF Trainer beside TRL padded
 ZERO_STAGE = {"safeft": 0, "safeft-zero2": 2, "safeft-2rank": 2}
+PROCESSES = {"safeft-2rank": 2}  # every other side: one process
 PEERS = ("trl-packed", "trl-padded", "hf-padded")
 HELDOUT_OFFSET = 1000  # held-out answers: GSM8K test rows from here on (real_eval.py uses the first 200)
 
@@ -204,7 +205,7 @@ def run_side(side: str, max_len: int, docs_path: str, docs_jsonl: str, args, pla
             "--docs", docs_path, "--docs-jsonl", docs_jsonl, "--max-len", str(max_len), "--lr", str(args.lr),
             "--seed", str(args.seed), "--rows-per-step", str(plan["rows_per_step"]),
             "--padded-batch", str(plan["padded_batch"]), "--padded-accum", str(plan["padded_accum"])]
-    world = 2 if side == "safeft-2rank" else 1
+    world = PROCESSES.get(side, 1)
     port = str(_free_port())
     envs = [child_env(args.threads, **({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
                                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port} if world > 1 else {}))
@@ -364,7 +365,7 @@ def orchestrate(args) -> int:
               f"({plan['answer_tokens']} answer tokens); packed: {plan['rows_per_step']} rows per step; padded: "
               f"{plan['padded_batch']} x {plan['padded_accum']} documents per step", flush=True)
         for rep in range(args.repeats):
-            order = slots(args.sides, {"safeft-2rank": 2}, args.pair)
+            order = slots(args.sides, PROCESSES, args.pair)
             for slot in (order if rep % 2 == 0 else order[::-1]):  # interleaved; a pair stays a pair
                 for r in run_slot(slot, lambda side: run_side(side, max_len, docs_path, docs_jsonl, args, plan, log)):
                     r["repeat"] = rep
