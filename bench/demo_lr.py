@@ -1,9 +1,10 @@
 """How the main job's fine-tuning learning rate was chosen: from loss and utility only, never from safety.
 
-The main job (`safeft demo`, configs/demo/smollm2.yaml) fine-tunes the aligned SmolLM2 base on 240 GSM8K train
-rows, one epoch; the step budget is fixed by the 2-core CPU. This sweep trains the vanilla-safe setting (chat
-template with the Llama-2 safety prompt) at each learning rate through the same stack (`safeft sweep`: Ray Train,
-2 workers, ZeRO-2, packing), WITHOUT safety probes, and evaluates utility only: exact match on held-out
+The main job (`safeft demo`, configs/demo/smollm2.yaml) fine-tunes the aligned SmolLM2 base on the config's
+`data.limit` GSM8K train rows, one epoch; the step budget is fixed by the 2-core CPU. This sweep trains the
+vanilla-safe setting (chat template with the Llama-2 safety prompt) at each learning rate through the same stack
+(`safeft sweep`: Ray Train, 2 workers, the config's DeepSpeed stage, packing), WITHOUT safety probes, and
+evaluates utility only: exact match on held-out
 generated arithmetic and on GSM8K test, and the teacher-forced loss of GSM8K test answers. No harmful prompt is
 generated here. The pick: the best held-out answer loss, unless the training loss curve diverges.
 

@@ -73,10 +73,11 @@ def run(cfg, hooks: Optional[TrainHooks] = None) -> TrainResult:
     env = dist.dist_env()
     ds_config = dist.check_train_config(cfg, env.world_size)
     dist.check_optimizer_ops(ds_config)  # before the process group: a missing compiler fails here, named
+    t0 = time.perf_counter()
     device = dist.init(env, cfg.train.dist_timeout_minutes)
     _seed_everything(_first(cfg.train.seed))
     resume = _resume_point(cfg, hooks, env, ds_config)
-    r = _setup(cfg, env, device, ds_config)
+    r = _setup(cfg, env, device, ds_config, started=t0)
     state = _resume(r, resume)
     metrics_log = MetricsLogger.open(cfg, env.is_main, state.step)
     try:
@@ -101,7 +102,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup(cfg, env, device, ds_config) -> _Run:
+def _setup(cfg, env, device, ds_config, started: float) -> _Run:
     import deepspeed
     import torch
 
@@ -118,7 +119,9 @@ def _setup(cfg, env, device, ds_config) -> _Run:
     path = resolve_model_path(cfg.model.name_or_path, env.is_main, dist.barrier)
     mcfg = dataclasses.replace(cfg.model, name_or_path=path)
     tokenizer = load_tokenizer(cfg.model.tokenizer or path, cfg.model.trust_remote_code, cfg.model.revision)
+    times = {"process group": time.perf_counter() - started}
     prepared = _prepare(cfg, tokenizer, env)
+    times["data"] = time.perf_counter() - started - sum(times.values())
     attn = select_attention(cfg.model.attention, device.type)
     if env.is_main:
         log.info("attention for packed rows: %s; MFU convention: %s", attn, MFU_CONVENTION)
@@ -137,9 +140,13 @@ def _setup(cfg, env, device, ds_config) -> _Run:
                                          collate_fn=PackedCollator(tokenizer.pad_token_id), num_workers=0)
     steps_per_epoch = sampler.steps_per_epoch()
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * steps_per_epoch)
+    times["model"] = time.perf_counter() - started - sum(times.values())
     engine, *_ = deepspeed.initialize(
         model=wrapped, model_parameters=[p for p in wrapped.parameters() if p.requires_grad], config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, total, cfg.train))
+    times["DeepSpeed"] = time.perf_counter() - started - sum(times.values())
+    if env.is_main:  # where a run's start goes (the demo starts seven): one line, seconds per part
+        log.info("setup %.1f s: %s", sum(times.values()), ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     if cfg.train.zero_stage == 3 and env.is_main:
         log.info("ZeRO-3: %s", partition_summary(model))
     if constrained is not None:  # reference log-probs of the model before fine-tuning, once, cached

@@ -37,6 +37,27 @@ def test_quick_main_job_runs_every_stage_on_the_real_model(tmp_path):
             assert ("base", template, metric, dataset) in got
     recipe = json.loads(next((out / "smollm2" / "base").glob("*/base_recipe.json")).read_text())
     assert recipe["data"]["benign"] == 16 and recipe["data"]["refusals"] == 16
+    assert recipe["data"]["answer_seconds"] > 0 and recipe["data"]["align_seconds"] > 0
+    gsm8k_em = {x["variant"] for x in effects if (x["metric"], x["dataset"]) == ("exact_match", "gsm8k")}
+    assert gsm8k_em == {"base", "vanilla-safe"}  # GSM8K_EM_RUNS: the costliest task where a claim reads it
+    assert "WARNING" not in done.stdout  # DeepSpeed's and Ray's warnings go to the log
     assert "Verdict" in (report / "report.md").read_text()
     runs = list((out / "smollm2").glob("runs-*/*,seed=0"))
     assert len(runs) == 2 and not any((r / "checkpoints").exists() for r in runs)  # 2.1 GB each otherwise
+
+
+def test_every_run_evaluates_the_same_tasks_but_gsm8k_em_only_where_a_claim_reads_it(tmp_path):
+    from safeft.demo import real
+
+    files = {k: str(tmp_path / f"{k}.jsonl") for k in ("heldout", "prefill", "arithmetic", "finetune", "refusals")}
+    ids = {run: [t.get("id", t["name"]) for t in real.run_overrides(run, files, False).get(
+        "eval.tasks", real.eval_tasks(files, False))] for run in real.VARIANTS}
+    full = [t.get("id", t["name"]) for t in real.eval_tasks(files, False)]
+    for run, tasks in ids.items():
+        assert tasks == (full if run in real.GSM8K_EM_RUNS else [t for t in full if t != "gsm8k"]), run
+    # every claim on GSM8K exact match compares runs that measure it
+    em_views = {"base"} | {view for view, run, _ in real.VIEWS if run in real.GSM8K_EM_RUNS}
+    for c in real.COMPARISONS:
+        if (c.metric, c.dataset) == ("exact_match", "gsm8k"):
+            assert {c.higher[0], c.lower[0]} <= em_views, c.claim
+    assert "data.mixture" in real.run_overrides("safety-mix", files, False)
