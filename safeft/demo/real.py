@@ -218,8 +218,9 @@ def describe(cfg, seeds: int) -> list[str]:
         f"- Fine-tuning: {f'{tr.max_steps} steps' if tr.max_steps > 0 else f'{tr.epochs:g} epoch(s)'} of packed "
         f"rows of {cfg.data.max_seq_len} tokens, {cfg.ray.num_workers} workers x {tr.micro_batch_size} x "
         f"{tr.gradient_accumulation_steps} rows per step, lr {tr.lr:g} ({tr.scheduler}, {tr.warmup_steps} warm-up), "
-        f"{tr.precision}; {seeds} seed(s) per variant. Hyper-parameters chosen from loss and utility curves "
-        "(BENCHMARKS.md), before any safety number of a fine-tuned model was read.",
+        f"{tr.precision}; {seeds} seed(s) per variant. The learning rate was chosen from loss and utility curves "
+        "before any safety number of a fine-tuned model was read; the row count is the 2-core time budget's "
+        "(BENCHMARKS.md, \"Main job\").",
         f"- Templates: {SAFE} = the model's ChatML template with the Llama-2 safety system prompt; {DEFAULT} = "
         f"with its own default system message; {ALPACA} = PTST's plain-text alpaca template (no chat tokens).",
         "- vanilla-safe: train and test with the safety prompt; vanilla: train and test with the default one; "
@@ -240,4 +241,4 @@ SPEC = DemoSpec(
     comparisons=COMPARISONS, safety_template=SAFE, base_templates=[SAFE, DEFAULT], build_base=build_base,
     write_data=write_data, eval_overrides=overrides, run_overrides=run_overrides,
     quick_variants=("vanilla-safe", "vanilla"), quick_overrides=["train.max_steps=2", "data.limit=24"],
-    describe=describe)
+    describe=describe, expected_s={"base": 800, "base_eval": 143, "run": 191})  # BENCHMARKS.md, "Main job"
