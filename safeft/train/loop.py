@@ -119,7 +119,7 @@ def _setup(cfg, env, device, ds_config, started: float) -> _Run:
     path = resolve_model_path(cfg.model.name_or_path, env.is_main, dist.barrier)
     mcfg = dataclasses.replace(cfg.model, name_or_path=path)
     tokenizer = load_tokenizer(cfg.model.tokenizer or path, cfg.model.trust_remote_code, cfg.model.revision)
-    times = {"process group": time.perf_counter() - started}
+    times = {"process group and tokenizer": time.perf_counter() - started}
     prepared = _prepare(cfg, tokenizer, env)
     times["data"] = time.perf_counter() - started - sum(times.values())
     attn = select_attention(cfg.model.attention, device.type)
