@@ -371,3 +371,8 @@ def check_train_config(cfg, world_size: int, has_bf16: Optional[bool] = None) ->
     if problems:
         raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
     return build_ds_config(cfg, world_size, bf16=use_bf16(cfg, supported))
+
+
+def stage_name(zero_stage: int) -> str:
+    """How messages name `train.zero_stage`: "stage 0 (no ZeRO)", "ZeRO-2", "ZeRO-3"."""
+    return "stage 0 (no ZeRO)" if zero_stage == 0 else f"ZeRO-{zero_stage}"

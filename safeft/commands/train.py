@@ -56,12 +56,12 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.overrides).single("train")
     if args.check_only:
-        from safeft.distributed import check_train_config
+        from safeft.distributed import check_train_config, stage_name
 
         world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
         ds = check_train_config(cfg, world)
         stage = cfg.train.zero_stage
-        print(f"{args.config}: ok for {world} process(es): {f'ZeRO-{stage}' if stage else 'stage 0 (no ZeRO)'}, "
+        print(f"{args.config}: ok for {world} process(es): {stage_name(stage)}, "
               f"global batch {ds['train_batch_size']} rows, bf16 {ds['bf16']['enabled']}")
         return 0
     if args.ray:  # Ray resumes from the checkpoint it holds for this run name (see safeft.ray_train)

@@ -46,8 +46,3 @@ def eta(done: float, total: float, started: float) -> str:
         return ""
     left = (time.time() - started) * (total - done) / done
     return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
-
-
-def stage_name(zero_stage: int) -> str:
-    """How a progress line names `train.zero_stage`."""
-    return "stage 0 (no ZeRO)" if zero_stage == 0 else f"ZeRO-{zero_stage}"

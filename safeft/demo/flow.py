@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from safeft.demo.console import Console, eta, stage_name
+from safeft.demo.console import Console, eta
 from safeft.errors import SafeftError
 from safeft.eval.effects import Comparison
 
@@ -93,6 +93,8 @@ def run_demo(spec: DemoSpec, out_dir: str = "runs", quick: bool = False, extra_o
     points = {f"{v},seed={s}": {**p, **spec.run_overrides(v, data["files"], quick), "train.seed": 42 + s,
                                 "data.seed": 42 + s}
               for s in range(seeds) for v, p in variants.items()}
+    from safeft.distributed import stage_name
+
     say(f"[4/5] fine-tuning {len(points)} run(s) on Ray Train ({cfg.ray.num_workers} workers, DeepSpeed "
         f"{stage_name(cfg.train.zero_stage)}, packing), each evaluated by the sharded evaluator; finished runs are "
         "skipped"

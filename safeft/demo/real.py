@@ -207,7 +207,7 @@ def run_overrides(run: str, files: dict, quick: bool) -> dict:
 
 
 def describe(cfg, seeds: int) -> list[str]:
-    from safeft.demo.console import stage_name
+    from safeft.distributed import stage_name
 
     tr, probe = cfg.train, getattr(cfg.train, "safety_probe", None)
     return [

@@ -178,7 +178,7 @@ def _align(work: str, model_dir: str, rows: dict, recipe: dict, console: Any, ov
                                           f"data.cache_dir={os.path.join(work, 'data-cache')}",
                                           f"train.seed={recipe['seed']}"] + machine)
     if console is not None:
-        from safeft.demo.console import stage_name
+        from safeft.distributed import stage_name
 
         console.say(f"      aligning: {sum(map(len, rows.values()))} rows, {cfg.train.epochs:g} epoch(s) on Ray Train "
                     f"({cfg.ray.num_workers} workers, DeepSpeed {stage_name(cfg.train.zero_stage)}, "

@@ -109,6 +109,8 @@ def eval_overrides(files: dict, quick: bool) -> list[str]:
 
 
 def describe(cfg, seeds: int) -> list[str]:
+    from safeft.distributed import stage_name
+
     tr = cfg.train
     return ["What this is: mechanics only. The PTST / LookAhead experiment on a ~1.3M-parameter model trained "
             "from scratch, through safeft's real stack; such a model has neither the shallow alignment nor the "
@@ -117,7 +119,7 @@ def describe(cfg, seeds: int) -> list[str]:
             "alignment curves in its directory: `base_recipe.json`, `base_curves.jsonl`).",
             f"- Fine-tuning: benign generated arithmetic only, {tr.max_steps} steps, lr {tr.lr:g} ({tr.scheduler}, "
             f"{tr.warmup_steps} warm-up), {cfg.ray.num_workers} workers x {tr.micro_batch_size} packed rows of "
-            f"{cfg.data.max_seq_len} tokens, ZeRO-{tr.zero_stage}; {seeds} seed(s) per variant.",
+            f"{cfg.data.max_seq_len} tokens, {stage_name(tr.zero_stage)}; {seeds} seed(s) per variant.",
             "- vanilla-safe = train and test chat:llama; vanilla = train and test chat:vanilla; ptst = the vanilla "
             "run tested under chat:llama; lookahead-* = vanilla-safe plus the preview in training only."]
 

@@ -119,9 +119,14 @@ def _setup(cfg, env, device, ds_config, started: float) -> _Run:
     path = resolve_model_path(cfg.model.name_or_path, env.is_main, dist.barrier)
     mcfg = dataclasses.replace(cfg.model, name_or_path=path)
     tokenizer = load_tokenizer(cfg.model.tokenizer or path, cfg.model.trust_remote_code, cfg.model.revision)
-    times = {"process group and tokenizer": time.perf_counter() - started}
+    times: dict[str, float] = {}  # seconds of each part of the setup, in order
+
+    def lap(part: str) -> None:
+        times[part] = time.perf_counter() - started - sum(times.values())
+
+    lap("process group and tokenizer")
     prepared = _prepare(cfg, tokenizer, env)
-    times["data"] = time.perf_counter() - started - sum(times.values())
+    lap("data")
     attn = select_attention(cfg.model.attention, device.type)
     if env.is_main:
         log.info("attention for packed rows: %s; MFU convention: %s", attn, MFU_CONVENTION)
@@ -140,11 +145,11 @@ def _setup(cfg, env, device, ds_config, started: float) -> _Run:
                                          collate_fn=PackedCollator(tokenizer.pad_token_id), num_workers=0)
     steps_per_epoch = sampler.steps_per_epoch()
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * steps_per_epoch)
-    times["model"] = time.perf_counter() - started - sum(times.values())
+    lap("model")
     engine, *_ = deepspeed.initialize(
         model=wrapped, model_parameters=[p for p in wrapped.parameters() if p.requires_grad], config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, total, cfg.train))
-    times["DeepSpeed"] = time.perf_counter() - started - sum(times.values())
+    lap("DeepSpeed")
     if env.is_main:  # where a run's start goes (the demo starts seven): one line, seconds per part
         log.info("setup %.1f s: %s", sum(times.values()), ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     if cfg.train.zero_stage == 3 and env.is_main:
